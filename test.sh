@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every test, from nothing: set up .venv, then check in order that
+#  1. nbdev_export leaves chatgpt_course/ unchanged (notebooks and library in sync),
+#  2. nbdev_clean leaves nbs/ unchanged,
+#  3. nbdev_test passes (CPU; cells flagged slow or cuda are skipped),
+#  4. pytest tests/ passes (printed last).
+# Exits non-zero on the first failure.
+source "$(dirname "$0")/scripts/setup.sh"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+
+echo "== 1/4 nbdev_export leaves chatgpt_course/ unchanged"
+cp -r chatgpt_course "$tmp/lib"
+nbdev_export
+if ! diff -r -q -x __pycache__ "$tmp/lib" chatgpt_course; then
+  echo "FAIL: nbdev_export changed chatgpt_course/ (above). The notebooks are the source: export and commit both." >&2
+  exit 1
+fi
+
+echo "== 2/4 nbdev_clean leaves nbs/ unchanged"
+cp -r nbs "$tmp/nbs"
+nbdev_clean
+if ! diff -r -q -x .ipynb_checkpoints "$tmp/nbs" nbs; then
+  echo "FAIL: nbdev_clean changed the notebooks above (now cleaned in place): commit the cleaned versions." >&2
+  exit 1
+fi
+
+echo "== 3/4 nbdev_test (CPU; slow and cuda cells skipped)"
+nbdev_test --n_workers 2 --timing
+
+echo "== 4/4 pytest tests/"
+python -m pytest tests/ -q
