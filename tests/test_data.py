@@ -199,3 +199,18 @@ def test_chat_heldout_never_leaks(seed):
     assert not users(train) & users(held)
     assert not items(train) & items(held)
     assert {i.split(":")[1] for r in held for i in r["tags"]["items"] if i.startswith("persona:")} <= set(PERSONA)
+
+
+# ---- the other subcommands and output formats ------------------------------------------------------------------------
+
+def test_verify_and_jsonl_output(tmp_path, capsys):
+    assert main(["data", "verify"]) == 0 and capsys.readouterr().out.count("  ok  ") == 3
+    copy = tmp_path / "bundled"; shutil.copytree(data_path(), copy)
+    (copy / "tinyshakespeare.txt").chmod(0o644)
+    with open(copy / "tinyshakespeare.txt", "ab") as f: f.write(b"\n")
+    assert main(["data", "verify", "--folder", str(copy)]) == 2
+    assert "tinyshakespeare.txt" in capsys.readouterr().err
+    src = tmp_path / "in.txt"
+    src.write_text("The first document has enough words.\n\nThe first document has enough words.\n\nA second one, also long enough.\n")
+    assert main(["data", "clean", str(src), str(tmp_path / "out.jsonl")]) == 0
+    assert read_jsonl(tmp_path / "out.jsonl") == [{"text": "The first document has enough words."}, {"text": "A second one, also long enough."}]
