@@ -1,16 +1,15 @@
 """Data stage: what notebook cells cannot do well.
 
-- The command line end to end, in subprocesses through the `chatgpt-course` console script: the two commands
-  that demo.sh runs (their output equals the library's, across processes with different hash seeds), and each bad
+- The command line end to end, in subprocesses through the `chatgpt-course` console script: the `clean` command
+  that demo.sh runs (its output equals the library's, in a process with another hash seed), and each bad
   input (a missing file, a directory where a file is expected, an empty file, a binary file, non-UTF-8 bytes) giving
   exit status 2 and one line on stderr with no traceback; `--errors replace` as the documented alternative.
 - Output guards: nothing is ever written under the bundled data/ folder (also through a symlink), the input is
-  never overwritten, an existing output needs --force.
+  never overwritten, an existing output needs --force. (The `chat` subcommand: tests/test_chat_data.py.)
 - `stats` on parquet and JSONL shards.
 - Property tests (hypothesis): clean_text is idempotent and leaves no control characters; scrub_pii removes every
   generated e-mail address and phone number; exact de-duplication leaves no two equal keys and finds planted
-  copies; split_train_val is a seeded partition; the chat generator is deterministic and its held-out split never
-  shares a user question or item with training, whatever the seed.
+  copies; split_train_val is a seeded partition.
 """
 import hashlib, json, os, shutil, subprocess, sys, unicodedata
 from pathlib import Path
@@ -20,8 +19,8 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 from chatgpt_course.cli import main
 from chatgpt_course.core import data_path
-from chatgpt_course.data import (PERSONA, clean_corpus, clean_text, dedupe_key, exact_duplicates, load_documents,
-                                 make_chat_dataset, read_jsonl, scrub_pii, shakespeare_documents, split_train_val)
+from chatgpt_course.data import (clean_corpus, clean_text, dedupe_key, exact_duplicates, load_documents, read_jsonl,
+                                 scrub_pii, shakespeare_documents, split_train_val)
 
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SCRIPT = Path(sys.executable).with_name("chatgpt-course")
@@ -39,7 +38,7 @@ def snapshot(folder: Path) -> dict:
 
 # ---- the demo's commands, end to end ------------------------------------------------------------------------------
 
-def test_cli_clean_and_chat_as_in_demo(tmp_path):
+def test_cli_clean_as_in_demo(tmp_path):
     out = tmp_path / "demo"
     r = cli("clean", data_path("tinyshakespeare.txt"), out / "clean.txt", "--stats", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -48,11 +47,6 @@ def test_cli_clean_and_chat_as_in_demo(tmp_path):
     kept, report = clean_corpus(shakespeare_documents())
     assert load_documents(out / "clean.txt") == kept  # the command line is the library
     assert f"wrote {len(kept):,} documents" in r.stdout and str(report).splitlines()[1] in r.stdout
-
-    r = cli("chat", "--n", 1000, "--out", out / "chat.jsonl", "--show", 2, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "wrote 1,000 conversations" in r.stdout and r.stdout.count("assistant:") >= 2
-    assert read_jsonl(out / "chat.jsonl") == make_chat_dataset(1000)  # same rows in another process, another hash seed
 
 
 # ---- bad input: one line on stderr, exit status 2, nothing written ------------------------------------------------
@@ -94,12 +88,12 @@ def test_cli_never_writes_under_data(tmp_path, capsys):
     bundled = data_path()
     before = snapshot(bundled)
     link = tmp_path / "link-to-data"; link.symlink_to(bundled, target_is_directory=True)
-    r = cli("chat", "--n", 3, "--out", bundled / "chat.jsonl", cwd=tmp_path)  # end to end once
+    r = cli("clean", bundled / "tinyshakespeare.txt", bundled / "clean.txt", cwd=tmp_path)  # end to end once
     assert r.returncode == 2 and "bundled data folder" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     attempts = [["clean", str(bundled / "tinyshakespeare.txt"), str(bundled / "clean.txt")],
                 ["clean", str(bundled / "tinyshakespeare.txt"), str(bundled / "tinyshakespeare.txt"), "--force"],
-                ["chat", "--n", "3", "--out", str(link / "chat.jsonl"), "--force"],  # through a symlink
-                ["chat", "--n", "3", "--out", str(bundled / "sub" / "chat.jsonl")],
+                ["clean", str(bundled / "tinyshakespeare.txt"), str(link / "clean.txt"), "--force"],  # through a symlink
+                ["clean", str(bundled / "tinyshakespeare.txt"), str(bundled / "sub" / "clean.txt")],
                 ["stats", str(bundled / "tinyshakespeare.txt"), "--plot", str(bundled / "plot.png")]]
     for argv in attempts:
         assert main(["data", *argv]) == 2, argv
@@ -120,9 +114,6 @@ def test_cli_refuses_to_overwrite(tmp_path, capsys):
     assert "already exists; pass --force" in capsys.readouterr().err and out.read_text() == "precious\n"
     assert main(["data", "clean", str(src), str(out), "--force"]) == 0
     assert out.read_text() == "To be, or not to be, that is the question.\n"
-    capsys.readouterr()
-    assert main(["data", "chat", "--n", "2", "--out", str(out)]) == 2  # chat too
-    assert "already exists" in capsys.readouterr().err
 
 
 # ---- shards ------------------------------------------------------------------------------------------------------------
@@ -188,18 +179,6 @@ def test_split_is_a_seeded_partition(n, frac, seed):
     assert sorted(tr + va) == sorted(docs) and not set(tr) & set(va)
     assert tr == [d for d in docs if d in set(tr)]  # order kept
     if n >= 2 and frac > 0: assert tr and va
-
-@settings(max_examples=10, deadline=None)
-@given(seed=st.integers(0, 10_000))
-def test_chat_heldout_never_leaks(seed):
-    train, held = make_chat_dataset(300, seed=seed), make_chat_dataset(150, seed=seed, split="heldout")
-    assert make_chat_dataset(300, seed=seed) == train
-    users = lambda rows: {m["content"] for r in rows for m in r["messages"] if m["role"] == "user"}
-    items = lambda rows: {i for r in rows for i in r["tags"]["items"] if not i.startswith("persona:")}
-    assert not users(train) & users(held)
-    assert not items(train) & items(held)
-    assert {i.split(":")[1] for r in held for i in r["tags"]["items"] if i.startswith("persona:")} <= set(PERSONA)
-
 
 # ---- the other subcommands and output formats ------------------------------------------------------------------------
 
