@@ -176,3 +176,17 @@ def test_import_is_light():
             "assert not torch.cuda.is_initialized()")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("kw", [{}, {"norm": "rmsnorm", "pos": "rope", "mlp": "swiglu", "bias": False}])
+def test_compiles_without_graph_breaks(kw):
+    """torch.compile(fullgraph=True) traces the whole forward (the id check steps aside while compiling)."""
+    config = replace(SMALL, **kw)
+    torch.manual_seed(0)
+    m = GPT(config)
+    ids = _ids(config)
+    targets = torch.roll(ids, -1, 1)
+    compiled = torch.compile(m, backend="eager", fullgraph=True)
+    _, loss = compiled(ids, targets)
+    loss.backward()
+    torch.testing.assert_close(loss, m(ids, targets)[1], atol=1e-6, rtol=0)

@@ -1,0 +1,106 @@
+"""Forward + backward speed of the course's GPT, and KV-cache decoding speed, on the current device.
+
+Prints, for each shape: milliseconds per forward+backward step (median and fastest of the timed steps),
+tokens per second, and the achieved GFLOP/s by `flops_per_token` (6N + 12 L T d), with the machine and versions.
+No optimiser: this times the model alone (benchmarks/train.py times whole training steps). Never asserts on time.
+
+Shapes:
+  baby      nanoGPT's "baby GPT" for CPUs: 4 layers, 4 heads, 128 wide, 64 tokens, batch 12, vocabulary 65;
+            in four variants: GPT-2 as is (tanh GELU, biases), exact GELU, no biases + exact GELU, Llama-style
+  gpt2      GPT-2 small (12 x 12 x 768, vocabulary 50257) at batch x tokens 1 x 256, 4 x 256, 1 x 1024
+  decode    generate 64 tokens after a 448-token prompt (baby model, block 512), with and without the KV cache
+
+  python benchmarks/model.py                       # everything, on the CPU
+  python benchmarks/model.py --shapes baby --steps 100
+  python benchmarks/model.py --device cuda --dtype bf16 --shapes gpt2 --gpt2-batches 16x1024
+"""
+import argparse, platform, statistics, time
+from dataclasses import replace
+
+import torch
+
+from chatgpt_course.core import get_device, machine_summary, precision_for, seed_everything
+from chatgpt_course.model import GPT, GPTConfig, count_params, flops_per_token, generate
+
+BABY = GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128)
+BABY_VARIANTS = {"GPT-2 (tanh GELU, bias)": BABY, "exact GELU": replace(BABY, gelu_approx="none"),
+                 "no bias, exact GELU": replace(BABY, bias=False, gelu_approx="none"),
+                 "Llama-style (rmsnorm, rope, swiglu, no bias)": replace(BABY, norm="rmsnorm", pos="rope", mlp="swiglu", bias=False)}
+
+
+def _sync(device):
+    if device.type == "cuda": torch.cuda.synchronize()
+
+
+def time_fwd_bwd(config, B, T, device, prec, steps, warmup):
+    "Seconds per forward+backward step of GPT(config) on random (B, T) batches."
+    seed_everything(0)
+    model = GPT(config).to(device)
+    x = torch.randint(0, config.vocab_size, (B, T), device=device)
+    y = torch.randint(0, config.vocab_size, (B, T), device=device)
+    times = []
+    for i in range(warmup + steps):
+        _sync(device); t = time.perf_counter()
+        with prec.autocast(): _, loss = model(x, y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        _sync(device)
+        if i >= warmup: times.append(time.perf_counter() - t)
+    return times
+
+
+def report(name, config, B, T, times):
+    med, best = statistics.median(times), min(times)
+    tok = B * T
+    gflops = flops_per_token(config, seq_len=T) * tok / med / 1e9
+    print(f"  {name:<46} {B:>3} x {T:<5} {med*1e3:>9.1f} ms (fastest {best*1e3:.1f}) {tok/med:>10,.0f} tok/s {gflops:>8.1f} GFLOP/s")
+
+
+def time_decode(device, new_tokens=64, prompt_len=448):
+    config = replace(BABY, block_size=512)
+    seed_everything(0)
+    model = GPT(config).to(device).eval()
+    prompt = torch.randint(0, config.vocab_size, (1, prompt_len), device=device)
+    out = {}
+    for use_cache in (True, False):
+        generate(model, prompt[:, :8], 4, temperature=0, use_cache=use_cache)  # warm-up
+        _sync(device); t = time.perf_counter()
+        ids = generate(model, prompt, new_tokens, temperature=0, use_cache=use_cache)
+        _sync(device); out[use_cache] = (time.perf_counter() - t, ids)
+    same = torch.equal(out[True][1], out[False][1])
+    print(f"  decode {new_tokens} tokens after a {prompt_len}-token prompt (baby model, block 512, greedy):")
+    print(f"    with KV cache     {new_tokens / out[True][0]:>8.1f} tok/s")
+    print(f"    recomputing       {new_tokens / out[False][0]:>8.1f} tok/s   speed-up {out[False][0] / out[True][0]:.1f}x; same tokens: {same}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    ap.add_argument("--dtype", default="fp32", help="fp32, bf16 (autocast) or auto")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--shapes", nargs="+", default=["baby", "gpt2", "decode"], choices=["baby", "gpt2", "decode"])
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per baby variant")
+    ap.add_argument("--gpt2-steps", type=int, default=2, help="timed steps per GPT-2 small shape (after one warm-up step)")
+    ap.add_argument("--gpt2-batches", nargs="+", default=["1x256", "4x256", "1x1024"], help="BxT shapes for GPT-2 small")
+    args = ap.parse_args()
+    if args.threads: torch.set_num_threads(args.threads)
+    device = get_device(args.device)
+    prec = precision_for(device, args.dtype)
+    print(machine_summary(device))
+    print(f"platform {platform.platform()} | precision {prec.name} | threads {torch.get_num_threads()}")
+    if "baby" in args.shapes:
+        print(f"baby GPT ({count_params(BABY):,} parameters), forward + backward, {args.steps} timed steps after 5 warm-up:")
+        for name, cfg in BABY_VARIANTS.items():
+            report(name, cfg, 12, 64, time_fwd_bwd(cfg, 12, 64, device, prec, args.steps, warmup=5))
+    if "gpt2" in args.shapes:
+        cfg = GPTConfig()
+        print(f"GPT-2 small ({count_params(cfg):,} parameters), forward + backward, {args.gpt2_steps} timed steps after 1 warm-up:")
+        for shape in args.gpt2_batches:
+            B, T = map(int, shape.lower().split("x"))
+            report("GPT-2 small", cfg, B, T, time_fwd_bwd(cfg, B, T, device, prec, args.gpt2_steps, warmup=1))
+    if "decode" in args.shapes:
+        time_decode(device)
+
+
+if __name__ == "__main__":
+    main()
