@@ -16,8 +16,8 @@ from chatgpt_course.checkpoint import latest_checkpoint, load_checkpoint
 from chatgpt_course.batches import write_token_file
 from chatgpt_course.train import PRESETS, load_pretrained
 
-# a toy cpu-tiny: 2 layers, 32 wide, 32-token windows, 1 thread (a fixed thread count keeps CPU math repeatable)
-TINY = ["--preset", "cpu-tiny", "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size", "32", "--seq-len", "32",
+# a toy cpu-tiny: characters, 2 layers, 32 wide, 32-token windows, 1 thread (a fixed thread count keeps CPU math repeatable)
+TINY = ["--preset", "cpu-tiny", "--tokenizer", "char", "--vocab-size", "66", "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size", "32", "--seq-len", "32",
         "--batch-size", "4", "--warmup-steps", "3", "--eval-tokens", "512", "--sample-tokens", "0", "--threads", "1", "--no-progress"]
 RUN_CLI = "import sys; from chatgpt_course.cli import main; sys.exit(main())"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -86,17 +86,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     model, _, _ = load_pretrained(out)  # verifies the checksums
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
-def test_pretrain_then_sample(tmp_path):
+def test_pretrain_then_sample(tmp_path, capsys):
     out = tmp_path / "run"
     r = cli("pretrain", *TINY, "--max-steps", "10", "--eval-every", "5", "--ckpt-every", "5", "--out", out)
     assert r.returncode == 0 and "done at step 10" in r.stdout, r.stderr
     assert {"run.json", "log.jsonl", "loss.png", "lr.png", "grad_norm.png", "LATEST", "tokenizer", "data"} <= {p.name for p in out.iterdir()}
     r = cli("sample", "--checkpoint", out, "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1")
     assert r.returncode == 0 and r.stdout.startswith("ROMEO:") and len(r.stdout) > 30, r.stderr
-    again = cli("sample", "--checkpoint", latest_checkpoint(out), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1")
-    assert again.stdout == r.stdout  # a run directory means its latest checkpoint; the seed makes it repeatable
-    bad = cli("sample", "--checkpoint", out, "--prompt", "X" * 40)
-    assert bad.returncode == 2 and "longer than the model's context of 32" in bad.stderr
+    assert main(["sample", "--checkpoint", str(latest_checkpoint(out)), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == r.stdout  # a run directory means its latest checkpoint; the seed makes it repeatable
+    assert main(["sample", "--checkpoint", str(out), "--prompt", "X" * 40]) == 2
+    assert "longer than the model's context of 32" in capsys.readouterr().err
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):

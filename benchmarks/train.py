@@ -1,0 +1,123 @@
+"""Training throughput and time-to-quality of the pretraining stage, on the current device.
+
+Prints, for each configuration: milliseconds per optimiser step, tokens per second and MFU (against
+`optim.peak_flops`: datasheet bf16 peaks on H100/H200/A100, a documented estimate on CPU), with the machine and
+versions. Never asserts on time.
+
+Configurations:
+  baby      nanoGPT's "baby GPT" for CPUs (4 layers, 4 heads, 128 wide, 64 tokens, batch 12, char vocab 65):
+            the CPU step-time comparison (nanoGPT's model: about 35 ms/step with 2 threads on the course's 2-core machine)
+  cpu-tiny  the cpu-tiny preset's model and batch
+  gpu-124m  GPT-2 small, bf16, torch.compile, fused AdamW, 16 x 1024 per micro-batch (needs a GPU)
+
+  python benchmarks/train.py                         # baby and cpu-tiny on the CPU (2 threads), 30 timed steps
+  python benchmarks/train.py --configs gpu-124m      # on a GPU
+  python benchmarks/train.py --nanogpt-dir ~/nanoGPT # also time nanoGPT's own model.py (a local checkout) on baby
+  python benchmarks/train.py --time-to-quality       # cpu-tiny for --minutes (default 10): when did validation pass
+                                                     # nanoGPT's baby GPT (2.71 bits/byte) and the 2.30 bits/byte target?
+"""
+import argparse, dataclasses, importlib.util, json, math, statistics, sys, tempfile, time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chatgpt_course.core import get_device, machine_summary, precision_for, seed_everything
+from chatgpt_course.model import GPT, GPTConfig, flops_per_token
+from chatgpt_course.tokenizer import load_tokenizer
+from chatgpt_course.batches import RandomWindows
+from chatgpt_course.optim import make_optimizer, train_step, peak_flops, mfu
+from chatgpt_course.train import PRESETS, TrainConfig, train, read_log
+
+BABY = TrainConfig(model=GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False),
+                   seq_len=64, batch_size=12, lr=1e-3)
+CONFIGS = {"baby": BABY, "cpu-tiny": PRESETS["cpu-tiny"], "gpu-124m": dataclasses.replace(PRESETS["gpu-124m"], batch_tokens=0)}
+BABY_BPB = 1.88 / math.log(2)  # nanoGPT's baby GPT: val loss 1.88 nats/char after 2,000 steps = 2.71 bits per byte
+
+def _tokens(vocab_size:int) -> np.ndarray:
+    "Tiny Shakespeare as character ids (ids folded into the vocabulary: throughput does not depend on the text)."
+    return np.array(load_tokenizer("char").encode(Path(__file__).resolve().parents[1].joinpath("data/tinyshakespeare.txt").read_text()),
+                    dtype=np.int64) % vocab_size
+
+def time_ours(cfg:TrainConfig, device, steps:int, warmup:int) -> list[float]:
+    "Seconds per optimiser step of the course's train_step on `cfg` (after warm-up steps, which include compilation)."
+    seed_everything(0)
+    model = GPT(cfg.model).to(device); prec = precision_for(device, cfg.dtype)
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=cfg.fused_adamw and device.type == "cuda")
+    run = torch.compile(model) if cfg.compile and device.type == "cuda" else model
+    ld = RandomWindows(_tokens(cfg.model.vocab_size), cfg.batch_size, cfg.seq_len, seed=0, device=device)
+    scaler, times = prec.scaler(), []
+    for i in range(warmup + steps):
+        t = time.perf_counter(); train_step(run, ld.next(), opt, prec, scaler, cfg.grad_clip)
+        if device.type == "cuda": torch.cuda.synchronize()
+        if i >= warmup: times.append(time.perf_counter() - t)
+    return times
+
+def time_nanogpt(nanogpt_dir:str, cfg:TrainConfig, steps:int, warmup:int) -> list[float]:
+    "Seconds per step of nanoGPT's own model.py (from a local checkout) with its configure_optimizers, on the CPU."
+    spec = importlib.util.spec_from_file_location("nanogpt_model", Path(nanogpt_dir) / "model.py")
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    m = cfg.model
+    seed_everything(0)
+    model = mod.GPT(mod.GPTConfig(block_size=m.block_size, vocab_size=m.vocab_size, n_layer=m.n_layer, n_head=m.n_head,
+                                  n_embd=m.n_embd, dropout=m.dropout, bias=m.bias))
+    opt = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), "cpu")
+    ld = RandomWindows(_tokens(m.vocab_size), cfg.batch_size, cfg.seq_len, seed=0)
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        (x, y), = ld.next()
+        _, loss = model(x, y); loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step(); opt.zero_grad(set_to_none=True)
+        if i >= warmup: times.append(time.perf_counter() - t)
+    return times
+
+def report(name:str, cfg:TrainConfig, times:list[float], device):
+    ms = statistics.median(times) * 1e3
+    tps = cfg.batch_size * cfg.seq_len / (ms / 1e3)
+    peak, how = peak_flops(device)
+    u = mfu(flops_per_token(cfg.model, cfg.seq_len), tps, peak)
+    m = cfg.model
+    print(f"{name:<22} {m.n_layer}L {m.n_head}H {m.n_embd}d T={cfg.seq_len} B={cfg.batch_size} V={m.vocab_size:<6} "
+          f"{ms:8.1f} ms/step (min {min(times) * 1e3:.1f})  {tps:>10,.0f} tokens/s  MFU {'n/a' if u is None else f'{u:.1%}'}")
+
+def time_to_quality(minutes:float, threads:int):
+    "Train the cpu-tiny preset for `minutes` and report when validation passed nanoGPT's baby GPT and the 2.30 bpb target."
+    cfg = dataclasses.replace(PRESETS["cpu-tiny"], max_minutes=minutes, threads=threads)
+    out = Path(tempfile.mkdtemp()) / "cpu-tiny"
+    print(f"time to quality: chatgpt-course pretrain --preset cpu-tiny --max-minutes {minutes:g} --threads {threads} (out {out})")
+    res = train(cfg, out, progress=False)
+    evals = [r for r in read_log(out / "log.jsonl") if r["kind"] == "eval"]
+    for r in evals: print(f"  step {r['step']:>5}  {r['time_s']:7.1f} s  val {r['val_loss']:.4f} nats/char  {r['val_bpb']:.4f} bits/byte")
+    for target, what in ((BABY_BPB, "nanoGPT baby GPT (1.88 nats = 2.71 bpb)"), (2.30, "the 2.30 bpb target")):
+        hit = next((r for r in evals if r["val_bpb"] <= target), None)
+        print(f"  passed {what}: " + (f"at step {hit['step']}, {hit['time_s']:.0f} s (wall clock, evaluations included)" if hit else "not within the budget"))
+    print(f"  final: step {res['step']}, {res.get('val_bpb', float('nan')):.4f} bits/byte")
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", nargs="+", default=None, choices=sorted(CONFIGS), help="default: baby cpu-tiny on CPU, gpu-124m on GPU")
+    p.add_argument("--device", default="auto"); p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=30); p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--nanogpt-dir", default=None, help="a local nanoGPT checkout: also time its model.py on the baby config")
+    p.add_argument("--time-to-quality", action="store_true"); p.add_argument("--minutes", type=float, default=10.0)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    device = get_device(a.device)
+    print(machine_summary(device)); print(f"numpy {np.__version__}; MFU against {peak_flops(device)[1]}")
+    if a.time_to_quality: return time_to_quality(a.minutes, a.threads)
+    configs = a.configs or (["gpu-124m"] if device.type == "cuda" else ["baby", "cpu-tiny"])
+    for name in configs:
+        cfg = CONFIGS[name]
+        if name == "gpu-124m" and device.type != "cuda": print("gpu-124m: skipped (needs a CUDA GPU)"); continue
+        if device.type == "cpu": cfg = dataclasses.replace(cfg, dtype="fp32", compile=False, fused_adamw=False)
+        report(f"{name} (chatgpt_course)", cfg, time_ours(cfg, device, a.steps, a.warmup), device)
+        if name == "baby" and a.nanogpt_dir and device.type == "cpu":
+            report("baby (nanoGPT model.py)", cfg, time_nanogpt(a.nanogpt_dir, cfg, a.steps, a.warmup), device)
+    if "baby" in configs and not a.nanogpt_dir:
+        print("reference: nanoGPT's model at the baby config, about 35 ms/step with 2 threads on the course's 2-core machine "
+              "(pass --nanogpt-dir to time it here side by side)")
+
+if __name__ == "__main__":
+    main()
