@@ -11,10 +11,10 @@ Shapes:
   decode    generate 64 tokens after a 448-token prompt (baby model, block 512), with and without the KV cache
 
   python benchmarks/model.py                       # everything, on the CPU
-  python benchmarks/model.py --shapes baby --steps 100
+  python benchmarks/model.py --shapes baby --steps 100 --threads 2 1   # each shape at 2 threads, then at 1
   python benchmarks/model.py --device cuda --dtype bf16 --shapes gpt2 --gpt2-batches 16x1024
 """
-import argparse, platform, statistics, time
+import argparse, os, platform, statistics, time
 from dataclasses import replace
 
 import torch
@@ -73,21 +73,12 @@ def time_decode(device, new_tokens=64, prompt_len=448):
     print(f"    recomputing       {new_tokens / out[False][0]:>8.1f} tok/s   speed-up {out[False][0] / out[True][0]:.1f}x; same tokens: {same}")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
-    ap.add_argument("--dtype", default="fp32", help="fp32, bf16 (autocast) or auto")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--shapes", nargs="+", default=["baby", "gpt2", "decode"], choices=["baby", "gpt2", "decode"])
-    ap.add_argument("--steps", type=int, default=30, help="timed steps per baby variant")
-    ap.add_argument("--gpt2-steps", type=int, default=2, help="timed steps per GPT-2 small shape (after one warm-up step)")
-    ap.add_argument("--gpt2-batches", nargs="+", default=["1x256", "4x256", "1x1024"], help="BxT shapes for GPT-2 small")
-    args = ap.parse_args()
-    if args.threads: torch.set_num_threads(args.threads)
-    device = get_device(args.device)
-    prec = precision_for(device, args.dtype)
-    print(machine_summary(device))
-    print(f"platform {platform.platform()} | precision {prec.name} | threads {torch.get_num_threads()}")
+def _loadavg():
+    try: return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except (AttributeError, OSError): return "n/a"
+
+
+def run(args, device, prec):
     if "baby" in args.shapes:
         print(f"baby GPT ({count_params(BABY):,} parameters), forward + backward, {args.steps} timed steps after 5 warm-up:")
         for name, cfg in BABY_VARIANTS.items():
@@ -100,6 +91,27 @@ def main():
             report("GPT-2 small", cfg, B, T, time_fwd_bwd(cfg, B, T, device, prec, args.gpt2_steps, warmup=1))
     if "decode" in args.shapes:
         time_decode(device)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    ap.add_argument("--dtype", default="fp32", help="fp32, bf16 (autocast) or auto")
+    ap.add_argument("--threads", type=int, nargs="+", default=[None],
+                    help="torch CPU thread counts to run everything at, in turn (default: torch's choice); on a busy "
+                         "machine one thread can beat two, because every parallel region waits for the slowest thread")
+    ap.add_argument("--shapes", nargs="+", default=["baby", "gpt2", "decode"], choices=["baby", "gpt2", "decode"])
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per baby variant")
+    ap.add_argument("--gpt2-steps", type=int, default=2, help="timed steps per GPT-2 small shape (after one warm-up step)")
+    ap.add_argument("--gpt2-batches", nargs="+", default=["1x256", "4x256", "1x1024"], help="BxT shapes for GPT-2 small")
+    args = ap.parse_args()
+    device = get_device(args.device)
+    prec = precision_for(device, args.dtype)
+    print(f"platform {platform.platform()} | precision {prec.name} | CPU load average {_loadavg()}")
+    for n in args.threads:
+        if n: torch.set_num_threads(n)
+        print(machine_summary(device))
+        run(args, device, prec)
 
 
 if __name__ == "__main__":
