@@ -7,6 +7,11 @@ versions. Never asserts on time.
 Configurations:
   baby      nanoGPT's "baby GPT" for CPUs (4 layers, 4 heads, 128 wide, 64 tokens, batch 12, char vocab 65):
             the CPU step-time comparison (nanoGPT's model: about 35 ms/step with 2 threads on the course's 2-core machine)
+
+On the CPU each configuration is also timed with `BareGPT`, nanoGPT's architecture written with nothing else (no
+input checks, no KV-cache plumbing), the same optimiser and batches: the course's model should be no slower.
+The time per step is the median over the timed steps (the minimum is shown too: on a shared machine it is the
+better guide).
   cpu-tiny  the cpu-tiny preset's model and batch
   gpu-124m  GPT-2 small, bf16, torch.compile, fused AdamW, 16 x 1024 per micro-batch (needs a GPU)
 
@@ -50,6 +55,42 @@ def time_ours(cfg:TrainConfig, device, steps:int, warmup:int) -> list[float]:
     for i in range(warmup + steps):
         t = time.perf_counter(); train_step(run, ld.next(), opt, prec, scaler, cfg.grad_clip)
         if device.type == "cuda": torch.cuda.synchronize()
+        if i >= warmup: times.append(time.perf_counter() - t)
+    return times
+
+class BareGPT(torch.nn.Module):
+    "nanoGPT's architecture with nothing else (no input checks, no KV cache, no options): the overhead-free reference."
+    def __init__(self, m:GPTConfig):
+        super().__init__()
+        nn, C = torch.nn, m.n_embd
+        self.n_head, self.wte, self.wpe = m.n_head, nn.Embedding(m.vocab_size, C), nn.Embedding(m.block_size, C)
+        self.blocks = nn.ModuleList([nn.ModuleDict(dict(ln_1=nn.LayerNorm(C, bias=m.bias), c_attn=nn.Linear(C, 3 * C, bias=m.bias),
+            c_proj=nn.Linear(C, C, bias=m.bias), ln_2=nn.LayerNorm(C, bias=m.bias), c_fc=nn.Linear(C, 4 * C, bias=m.bias),
+            mlp_proj=nn.Linear(4 * C, C, bias=m.bias))) for _ in range(m.n_layer)])
+        self.ln_f, self.lm_head = nn.LayerNorm(C, bias=m.bias), nn.Linear(C, m.vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+    def forward(self, idx, targets):
+        F = torch.nn.functional; B, T = idx.shape
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        for b in self.blocks:
+            q, k, v = b["c_attn"](b["ln_1"](x)).view(B, T, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)  # each (B, nh, T, hs)
+            x = x + b["c_proj"](F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, -1))
+            x = x + b["mlp_proj"](F.gelu(b["c_fc"](b["ln_2"](x))))
+        logits = self.lm_head(self.ln_f(x))
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+def time_bare(cfg:TrainConfig, steps:int, warmup:int) -> list[float]:
+    "Seconds per step of BareGPT with the same AdamW groups, clipping and batches, on the CPU."
+    seed_everything(0)
+    model = BareGPT(cfg.model); opt = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    ld = RandomWindows(_tokens(cfg.model.vocab_size), cfg.batch_size, cfg.seq_len, seed=0)
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        (x, y), = ld.next()
+        model(x, y)[1].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step(); opt.zero_grad(set_to_none=True)
         if i >= warmup: times.append(time.perf_counter() - t)
     return times
 
@@ -113,6 +154,8 @@ def main(argv=None):
         if name == "gpu-124m" and device.type != "cuda": print("gpu-124m: skipped (needs a CUDA GPU)"); continue
         if device.type == "cpu": cfg = dataclasses.replace(cfg, dtype="fp32", compile=False, fused_adamw=False)
         report(f"{name} (chatgpt_course)", cfg, time_ours(cfg, device, a.steps, a.warmup), device)
+        if device.type == "cpu" and name != "gpu-124m":
+            report(f"{name} (bare reference)", cfg, time_bare(cfg, a.steps, a.warmup), device)
         if name == "baby" and a.nanogpt_dir and device.type == "cpu":
             report("baby (nanoGPT model.py)", cfg, time_nanogpt(a.nanogpt_dir, cfg, a.steps, a.warmup), device)
     if "baby" in configs and not a.nanogpt_dir:
