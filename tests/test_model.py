@@ -190,3 +190,15 @@ def test_compiles_without_graph_breaks(kw):
     _, loss = compiled(ids, targets)
     loss.backward()
     torch.testing.assert_close(loss, m(ids, targets)[1], atol=1e-6, rtol=0)
+
+
+def test_bf16_model_saves_bf16(tmp_path):
+    from safetensors import safe_open
+    m = GPT(SMALL).to(torch.bfloat16)
+    save_hf(m, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "bfloat16"
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("transformer.wte.weight").dtype == torch.bfloat16
+    back = load_hf(tmp_path)  # loads into fp32 parameters, values exactly the bf16 ones
+    assert back.transformer.wte.weight.dtype == torch.float32
+    assert torch.equal(back.transformer.wte.weight, m.transformer.wte.weight.float())
