@@ -8,8 +8,8 @@
   never overwritten, an existing output needs --force. (The `chat` subcommand: tests/test_chat_data.py.)
 - `stats` on parquet and JSONL shards.
 - Property tests (hypothesis): clean_text is idempotent and leaves no control characters; scrub_pii removes every
-  generated e-mail address and phone number; exact de-duplication leaves no two equal keys and finds planted
-  copies; split_train_val is a seeded partition.
+  generated e-mail address and phone number; split_train_val is a seeded partition. (De-duplication:
+  tests/test_dedup.py.)
 """
 import hashlib, json, os, shutil, subprocess, sys, unicodedata
 from pathlib import Path
@@ -19,8 +19,8 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 from chatgpt_course.cli import main
 from chatgpt_course.core import data_path
-from chatgpt_course.data import (clean_corpus, clean_text, dedupe_key, exact_duplicates, load_documents, read_jsonl,
-                                 scrub_pii, shakespeare_documents, split_train_val)
+from chatgpt_course.data import (clean_corpus, clean_text, load_documents, read_jsonl, scrub_pii, shakespeare_documents,
+                                 split_train_val)
 
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SCRIPT = Path(sys.executable).with_name("chatgpt-course")
@@ -156,19 +156,6 @@ def test_scrub_pii_removes_generated_pii(parts, tail):
     assert all(p not in out for _, p in parts)
     assert out.count("[EMAIL]") + out.count("[PHONE]") == len(parts)
     assert scrub_pii(out) == out
-
-@PROPS
-@given(docs=st.lists(st.text(min_size=1, max_size=40), max_size=30), data=st.data())
-def test_exact_dedupe(docs, data):
-    dups = exact_duplicates(docs)
-    kept = [d for i, d in enumerate(docs) if i not in {x.index for x in dups}]
-    assert len({dedupe_key(d) for d in kept}) == len(kept) == len({dedupe_key(d) for d in docs})
-    if docs:  # a planted copy (changed in case and spacing) is found, and points at the first copy
-        i = data.draw(st.integers(0, len(docs) - 1))
-        copy = "  " + docs[i].upper() + " \n"
-        if dedupe_key(copy) == dedupe_key(docs[i]):  # true unless upper() and casefold() disagree (e.g. dotless i)
-            found = exact_duplicates(docs + [copy])
-            assert found[-1].index == len(docs) and dedupe_key(docs[found[-1].of]) == dedupe_key(docs[i])
 
 @PROPS
 @given(n=st.integers(0, 200), frac=st.floats(0, 0.9), seed=st.integers(0, 2**32 - 1))
