@@ -25,7 +25,8 @@ if ! diff -r -q -x .ipynb_checkpoints "$tmp/nbs" nbs; then
 fi
 
 echo "== 3/4 nbdev_test (CPU; slow and cuda cells skipped)"
-nbdev_test --n_workers 2 --timing
+# two notebooks at a time on two cores: one thread each, or the two runs fight over the cores
+OMP_NUM_THREADS=1 nbdev_test --n_workers 2 --timing
 
 echo "== 4/4 pytest tests/"
 python -m pytest tests/ -q
