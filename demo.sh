@@ -9,7 +9,8 @@ echo "== 2. data: a sample of synthetic chat data"
 chatgpt-course data chat --n 1000 --out "$out/chat.jsonl" --show 2
 echo "== 3. pretrain: a short cpu-tiny run (BPE-2048 tokenizer, 4 layers x 128) on tiny Shakespeare, 1-2 minutes on 2 cores"
 rm -rf "$out/pretrain"  # a fresh run each time (pretrain never overwrites a run; --resume would continue it)
-chatgpt-course pretrain --preset cpu-tiny --out "$out/pretrain" --max-steps 400 --eval-every 100 --ckpt-every 200
+# OMP_WAIT_POLICY=PASSIVE: on a machine shared with other jobs, spinning OpenMP threads slow a 2-thread run many times over
+OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE} chatgpt-course pretrain --preset cpu-tiny --out "$out/pretrain" --max-steps 400 --eval-every 100 --ckpt-every 200
 echo "== 4. sample: continue a prompt with the model just trained"
 chatgpt-course sample --checkpoint "$out/pretrain" --prompt "ROMEO:" --max-new-tokens 150
 echo "== done: outputs in $out/"

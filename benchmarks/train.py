@@ -34,8 +34,9 @@ from chatgpt_course.batches import RandomWindows
 from chatgpt_course.optim import make_optimizer, train_step, peak_flops, mfu
 from chatgpt_course.train import PRESETS, TrainConfig, train, read_log
 
-BABY = TrainConfig(model=GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False),
-                   seq_len=64, batch_size=12, lr=1e-3)
+BABY = TrainConfig(model=GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False,
+                                   gelu_approx="none"),  # exact GELU, as nanoGPT's nn.GELU()
+                   seq_len=64, batch_size=12, lr=1e-3, fused_adamw=True)  # our default optimiser on CPU (cpu-tiny's)
 CONFIGS = {"baby": BABY, "cpu-tiny": PRESETS["cpu-tiny"], "gpu-124m": dataclasses.replace(PRESETS["gpu-124m"], batch_tokens=0)}
 BABY_BPB = 1.88 / math.log(2)  # nanoGPT's baby GPT: val loss 1.88 nats/char after 2,000 steps = 2.71 bits per byte
 
@@ -44,19 +45,15 @@ def _tokens(vocab_size:int) -> np.ndarray:
     return np.array(load_tokenizer("char").encode(Path(__file__).resolve().parents[1].joinpath("data/tinyshakespeare.txt").read_text()),
                     dtype=np.int64) % vocab_size
 
-def time_ours(cfg:TrainConfig, device, steps:int, warmup:int) -> list[float]:
-    "Seconds per optimiser step of the course's train_step on `cfg` (after warm-up steps, which include compilation)."
+def ours_step(cfg:TrainConfig, device):
+    "One optimiser step of the course's train_step on `cfg` (a closure; compiled on CUDA if the config says so)."
     seed_everything(0)
     model = GPT(cfg.model).to(device); prec = precision_for(device, cfg.dtype)
-    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=cfg.fused_adamw and device.type == "cuda")
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=cfg.fused_adamw)
     run = torch.compile(model) if cfg.compile and device.type == "cuda" else model
     ld = RandomWindows(_tokens(cfg.model.vocab_size), cfg.batch_size, cfg.seq_len, seed=0, device=device)
-    scaler, times = prec.scaler(), []
-    for i in range(warmup + steps):
-        t = time.perf_counter(); train_step(run, ld.next(), opt, prec, scaler, cfg.grad_clip)
-        if device.type == "cuda": torch.cuda.synchronize()
-        if i >= warmup: times.append(time.perf_counter() - t)
-    return times
+    scaler = prec.scaler()
+    return lambda: train_step(run, ld.next(), opt, prec, scaler, cfg.grad_clip)
 
 class BareGPT(torch.nn.Module):
     "nanoGPT's architecture with nothing else (no input checks, no KV cache, no options): the overhead-free reference."
@@ -79,23 +76,22 @@ class BareGPT(torch.nn.Module):
         logits = self.lm_head(self.ln_f(x))
         return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
-def time_bare(cfg:TrainConfig, steps:int, warmup:int) -> list[float]:
-    "Seconds per step of BareGPT with the same AdamW groups, clipping and batches, on the CPU."
-    seed_everything(0)
-    model = BareGPT(cfg.model); opt = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-    ld = RandomWindows(_tokens(cfg.model.vocab_size), cfg.batch_size, cfg.seq_len, seed=0)
-    times = []
-    for i in range(warmup + steps):
-        t = time.perf_counter()
+def _plain_step(model, opt, ld, grad_clip):
+    def step():
         (x, y), = ld.next()
         model(x, y)[1].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step(); opt.zero_grad(set_to_none=True)
-        if i >= warmup: times.append(time.perf_counter() - t)
-    return times
+    return step
 
-def time_nanogpt(nanogpt_dir:str, cfg:TrainConfig, steps:int, warmup:int) -> list[float]:
-    "Seconds per step of nanoGPT's own model.py (from a local checkout) with its configure_optimizers, on the CPU."
+def bare_step(cfg:TrainConfig, fused:bool):
+    "One step of BareGPT with the same AdamW groups, clipping and batches (CPU)."
+    seed_everything(0)
+    model = BareGPT(cfg.model); opt = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=fused)
+    return _plain_step(model, opt, RandomWindows(_tokens(cfg.model.vocab_size), cfg.batch_size, cfg.seq_len, seed=0), cfg.grad_clip)
+
+def nanogpt_step(nanogpt_dir:str, cfg:TrainConfig):
+    "One step of nanoGPT's own model.py (from a local checkout) with its configure_optimizers, on the CPU."
     spec = importlib.util.spec_from_file_location("nanogpt_model", Path(nanogpt_dir) / "model.py")
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
     m = cfg.model
@@ -103,15 +99,16 @@ def time_nanogpt(nanogpt_dir:str, cfg:TrainConfig, steps:int, warmup:int) -> lis
     model = mod.GPT(mod.GPTConfig(block_size=m.block_size, vocab_size=m.vocab_size, n_layer=m.n_layer, n_head=m.n_head,
                                   n_embd=m.n_embd, dropout=m.dropout, bias=m.bias))
     opt = model.configure_optimizers(cfg.weight_decay, cfg.lr, (cfg.beta1, cfg.beta2), "cpu")
-    ld = RandomWindows(_tokens(m.vocab_size), cfg.batch_size, cfg.seq_len, seed=0)
-    times = []
-    for i in range(warmup + steps):
-        t = time.perf_counter()
-        (x, y), = ld.next()
-        _, loss = model(x, y); loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step(); opt.zero_grad(set_to_none=True)
-        if i >= warmup: times.append(time.perf_counter() - t)
+    return _plain_step(model, opt, RandomWindows(_tokens(m.vocab_size), cfg.batch_size, cfg.seq_len, seed=0), cfg.grad_clip)
+
+def interleaved(steps:dict, n:int, warmup:int, device) -> dict:
+    "Seconds per step of each closure, taking turns step by step so that a shared machine's load hits all alike."
+    times = {k: [] for k in steps}
+    for i in range(warmup + n):
+        for k, f in steps.items():
+            t = time.perf_counter(); f()
+            if device.type == "cuda": torch.cuda.synchronize()
+            if i >= warmup: times[k].append(time.perf_counter() - t)
     return times
 
 def report(name:str, cfg:TrainConfig, times:list[float], device):
@@ -130,7 +127,7 @@ def time_to_quality(minutes:float, threads:int):
     print(f"time to quality: chatgpt-course pretrain --preset cpu-tiny --max-minutes {minutes:g} --threads {threads} (out {out})")
     res = train(cfg, out, progress=False)
     evals = [r for r in read_log(out / "log.jsonl") if r["kind"] == "eval"]
-    for r in evals: print(f"  step {r['step']:>5}  {r['time_s']:7.1f} s  val {r['val_loss']:.4f} nats/char  {r['val_bpb']:.4f} bits/byte")
+    for r in evals: print(f"  step {r['step']:>5}  {r['time_s']:7.1f} s  val {r['val_loss']:.4f} nats/token  {r['val_bpb']:.4f} bits/byte")
     for target, what in ((BABY_BPB, "nanoGPT baby GPT (1.88 nats = 2.71 bpb)"), (2.30, "the 2.30 bpb target")):
         hit = next((r for r in evals if r["val_bpb"] <= target), None)
         print(f"  passed {what}: " + (f"at step {hit['step']}, {hit['time_s']:.0f} s (wall clock, evaluations included)" if hit else "not within the budget"))
@@ -152,12 +149,13 @@ def main(argv=None):
     for name in configs:
         cfg = CONFIGS[name]
         if name == "gpu-124m" and device.type != "cuda": print("gpu-124m: skipped (needs a CUDA GPU)"); continue
-        if device.type == "cpu": cfg = dataclasses.replace(cfg, dtype="fp32", compile=False, fused_adamw=False)
-        report(f"{name} (chatgpt_course)", cfg, time_ours(cfg, device, a.steps, a.warmup), device)
-        if device.type == "cpu" and name != "gpu-124m":
-            report(f"{name} (bare reference)", cfg, time_bare(cfg, a.steps, a.warmup), device)
-        if name == "baby" and a.nanogpt_dir and device.type == "cpu":
-            report("baby (nanoGPT model.py)", cfg, time_nanogpt(a.nanogpt_dir, cfg, a.steps, a.warmup), device)
+        if device.type == "cpu": cfg = dataclasses.replace(cfg, dtype="fp32", compile=False)
+        steps = {f"{name} (chatgpt_course)": ours_step(cfg, device)}
+        if device.type == "cpu":
+            steps[f"{name} (bare, AdamW)"] = bare_step(cfg, fused=False)  # nanoGPT's optimiser choice on CPU
+            steps[f"{name} (bare, fused AdamW)"] = bare_step(cfg, fused=True)
+            if name == "baby" and a.nanogpt_dir: steps["baby (nanoGPT model.py)"] = nanogpt_step(a.nanogpt_dir, cfg)
+        for label, times in interleaved(steps, a.steps, a.warmup, device).items(): report(label, cfg, times, device)
     if "baby" in configs and not a.nanogpt_dir:
         print("reference: nanoGPT's model at the baby config, about 35 ms/step with 2 threads on the course's 2-core machine "
               "(pass --nanogpt-dir to time it here side by side)")
