@@ -388,7 +388,8 @@ def _train(cfg, out, resume, progress, verbose, plots, before_step, rank, world,
     bar = None
     if show and live is None:
         from tqdm import tqdm
-        bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=cfg.max_steps, initial=step, desc="pretrain", unit="step", dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30)  # a log file gets a line every 30 s, not every step
     log = open(log_path, "a") if lead else None
     def emit(rec):
         if not lead: return
