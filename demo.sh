@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The course's main job, from nothing: set up .venv, then run the most complete path the course has.
+# Idempotent: a second run into the same folder replaces its outputs (--force, and a fresh pretraining run).
 source "$(dirname "$0")/scripts/setup.sh"
 out=${1:-runs/demo}
 mkdir -p "$out"
 echo "== 1. data: clean the bundled corpus and show its statistics"
-chatgpt-course data clean data/tinyshakespeare.txt "$out/clean.txt" --stats
+chatgpt-course data clean data/tinyshakespeare.txt "$out/clean.txt" --stats --force
 echo "== 2. data: a sample of synthetic chat data"
-chatgpt-course data chat --n 1000 --out "$out/chat.jsonl" --show 2
+chatgpt-course data chat --n 1000 --out "$out/chat.jsonl" --show 2 --force
 echo "== 3. pretrain: a short cpu-tiny run (BPE-2048 tokenizer, 4 layers x 128) on tiny Shakespeare, 1-2 minutes on 2 cores"
 rm -rf "$out/pretrain"  # a fresh run each time (pretrain never overwrites a run; --resume would continue it)
 # OMP_WAIT_POLICY=PASSIVE: on a machine shared with other jobs, spinning OpenMP threads slow a 2-thread run many times over
