@@ -8,8 +8,7 @@
 - Property test (hypothesis): the generator is deterministic and its held-out split never shares a user question
   or item with training, whatever the seed.
 """
-import hashlib, os, subprocess, sys
-from pathlib import Path
+
 
 from hypothesis import given, settings, strategies as st
 
@@ -18,17 +17,7 @@ from chatgpt_course.core import data_path
 from chatgpt_course.chat_data import PERSONA, make_chat_dataset
 from chatgpt_course.data import read_jsonl
 
-SCRIPT = Path(sys.executable).with_name("chatgpt-course")
-
-
-def cli(*args, cwd):
-    "Run `chatgpt-course data ...` as a user would (the console script), with a fresh hash seed."
-    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-c", "import sys; from chatgpt_course.cli import main; sys.exit(main())"]
-    env = {**os.environ, "PYTHONHASHSEED": "random"}
-    return subprocess.run(cmd + ["data", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
-
-def snapshot(folder: Path) -> dict:
-    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in folder.iterdir()}
+from _cli import cli, snapshot  # tests/_cli.py
 
 
 # ---- the demo's command, end to end -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@
   generated e-mail address and phone number; split_train_val is a seeded partition. (De-duplication:
   tests/test_dedup.py.)
 """
-import hashlib, json, os, shutil, subprocess, sys, unicodedata
+import json, shutil, unicodedata
 from pathlib import Path
 
 import pytest
@@ -23,17 +23,7 @@ from chatgpt_course.data import (clean_corpus, clean_text, load_documents, read_
                                  split_train_val)
 
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SCRIPT = Path(sys.executable).with_name("chatgpt-course")
-
-
-def cli(*args, cwd):
-    "Run `chatgpt-course data ...` as a user would (the console script), with a fresh hash seed."
-    cmd = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-c", "import sys; from chatgpt_course.cli import main; sys.exit(main())"]
-    env = {**os.environ, "PYTHONHASHSEED": "random"}
-    return subprocess.run(cmd + ["data", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
-
-def snapshot(folder: Path) -> dict:
-    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in folder.iterdir()}
+from _cli import cli, snapshot  # tests/_cli.py
 
 
 # ---- the demo's commands, end to end ------------------------------------------------------------------------------
