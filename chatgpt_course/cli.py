@@ -13,10 +13,10 @@ __all__ = ['COMMANDS', 'main']
 
 # %% ../nbs/10_cli.ipynb #ca4a0736
 COMMANDS = {  # subcommand: (module, function, one-line help)
-    "data":      ("chatgpt_course.data", "cli_data", "collect, clean and inspect text; make synthetic chat data"),
-    "tokenizer": ("chatgpt_course.tokenizer", "cli_tokenizer", "train a byte-level BPE tokenizer; encode and decode"),
-    "pretrain":  ("chatgpt_course.train", "cli_pretrain", "pretrain a GPT from a preset (resumable)"),
-    "sample":    ("chatgpt_course.train", "cli_sample", "generate text from a checkpoint"),
+    "data":      ("chatgpt_course.cli_data", "cli_data", "collect, clean and inspect text; make synthetic chat data"),
+    "tokenizer": ("chatgpt_course.cli_tokenizer", "cli_tokenizer", "train a byte-level BPE tokenizer; encode and decode"),
+    "pretrain":  ("chatgpt_course.cli_train", "cli_pretrain", "pretrain a GPT from a preset (resumable)"),
+    "sample":    ("chatgpt_course.cli_train", "cli_sample", "generate text from a checkpoint"),
 }
 
 def _available(cmd): return importlib.util.find_spec(COMMANDS[cmd][0]) is not None

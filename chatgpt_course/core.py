@@ -9,8 +9,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
+# torch and numpy are imported inside the functions that use them: the command line's data and tokenizer
+# commands, which import this module, then start without loading PyTorch (about 1.5 s)
 
 # %% auto #0
 __all__ = ['CourseError', 'get_device', 'Precision', 'precision_for', 'seed_everything', 'data_path', 'runs_path', 'in_test',
@@ -22,11 +22,13 @@ class CourseError(ValueError):
 
 # %% ../nbs/00_core.ipynb #55982760
 def _mps_available() -> bool:
+    import torch
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 def get_device(device:str|torch.device|None=None, # "cuda", "cuda:1", "mps", "cpu", or None/"auto" to pick the best present
               ) -> torch.device:
     "The device to run on: `device` if given and present, else cuda, then mps, then cpu."
+    import torch
     if device is None or device == "auto":
         if torch.cuda.is_available(): return torch.device("cuda")
         if _mps_available(): return torch.device("mps")
@@ -48,8 +50,8 @@ def get_device(device:str|torch.device|None=None, # "cuda", "cuda:1", "mps", "cp
     raise CourseError(f"device {device!r} is not supported; expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 # %% ../nbs/00_core.ipynb #ac9d2c9d
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
+_DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+                "fp16": "float16", "float16": "float16"}  # names of torch dtypes: no torch import until one is asked for
 
 @dataclass(frozen=True)
 class Precision:
@@ -58,29 +60,32 @@ class Precision:
     dtype: torch.dtype  # the matmul dtype inside autocast; float32 means no autocast at all
 
     @property
-    def name(self) -> str: return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+    def name(self) -> str: return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[str(self.dtype).removeprefix("torch.")]
     @property
-    def needs_scaler(self) -> bool: return self.dtype == torch.float16
+    def needs_scaler(self) -> bool: return self.name == "fp16"
 
     def autocast(self):
         "A context for the forward pass: autocast to `dtype`, or nothing for fp32."
-        if self.dtype == torch.float32: return nullcontext()
+        if self.name == "fp32": return nullcontext()
+        import torch
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
     def scaler(self) -> torch.amp.GradScaler:
         "A gradient scaler: active for fp16, a pass-through otherwise."
+        import torch
         return torch.amp.GradScaler(self.device_type if self.device_type == "cuda" else "cpu", enabled=self.needs_scaler)
 
 def precision_for(device:str|torch.device, # where the model runs
                   dtype:str="auto", # "auto", "fp32", "bf16" or "fp16"
                  ) -> Precision:
     "The mixed-precision policy for `device`: bf16 where supported, fp16 + scaler on older GPUs, fp32 on CPU."
+    import torch
     device = torch.device(device)
     if dtype == "auto":
         if device.type == "cuda": dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else: dtype = "fp32"
-    if dtype not in _DTYPES: raise CourseError(f"precision {dtype!r} is not one of 'auto', 'fp32', 'bf16', 'fp16'")
-    dt = _DTYPES[dtype]
+    if dtype not in _DTYPE_NAMES: raise CourseError(f"precision {dtype!r} is not one of 'auto', 'fp32', 'bf16', 'fp16'")
+    dt = getattr(torch, _DTYPE_NAMES[dtype])
     if dt == torch.float16 and device.type == "cpu":
         raise CourseError("precision 'fp16' is not supported on the CPU (use 'fp32', or 'bf16' on CPUs with bf16 support)")
     return Precision(device.type, dt)
@@ -91,6 +96,7 @@ def seed_everything(seed:int, # any non-negative integer
     "Seed Python, NumPy and PyTorch (CPU and every GPU) so that a run repeats exactly."
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise CourseError(f"seed must be a non-negative integer, got {seed!r}")
+    import numpy as np, torch
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -134,6 +140,7 @@ def run_size(full, # the size a reader's run uses
 # %% ../nbs/00_core.ipynb #42c93b05
 def machine_summary(device:str|torch.device|None=None) -> str:
     "One line naming the machine, the device, and the Python and PyTorch versions."
+    import torch
     dev = get_device(device)
     if dev.type == "cuda": where = torch.cuda.get_device_name(dev)
     elif dev.type == "mps": where = "Apple MPS"
