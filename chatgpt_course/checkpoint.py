@@ -4,7 +4,7 @@
 
 # %% ../nbs/05c_checkpoints.ipynb #16b49c45
 from __future__ import annotations
-import hashlib, json, os, random, shutil, time
+import json, os, random, shutil, time
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +13,14 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_model, load_model
 
-from .core import CourseError
+from .core import CourseError, get_device
+from .files import refuse_bundled, atomic_write, atomic_replace, fsync_path, read_json, sha256_file, write_json
+from .model import GPT, GPTConfig, generate
+from .tokenizer import load_tokenizer
 
 # %% auto #0
 __all__ = ['FORMAT', 'rng_state', 'set_rng_state', 'save_checkpoint', 'latest_checkpoint', 'read_checkpoint_meta',
-           'load_checkpoint']
+           'load_checkpoint', 'verify_checkpoint', 'load_state_file', 'load_trained', 'sample']
 
 # %% ../nbs/05c_checkpoints.ipynb #33b23d44
 def rng_state() -> dict:
@@ -37,48 +40,30 @@ def set_rng_state(s:dict):
 # %% ../nbs/05c_checkpoints.ipynb #e4c189a5
 FORMAT = "chatgpt-course checkpoint v1"
 
-def _sha256(path:Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for b in iter(lambda: f.read(1 << 24), b""): h.update(b)
-    return h.hexdigest()
-
-def _fsync(path:Path):
-    fd = os.open(path, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
-
-def _write_atomic(path:Path, text:str):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f: f.write(text); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path); _fsync(path.parent)
-
 def save_checkpoint(run_dir:str|Path, # the run's directory
                     step:int, # optimiser steps done
                     model:nn.Module, # the bare model (not a DDP or compiled wrapper)
-                    optimizer:torch.optim.Optimizer|None=None,
+                    optimizer:torch.optim.Optimizer|dict|None=None, # the optimiser, or its state_dict()
                     state:dict|None=None, # tensors and plain values: scaler, loader, RNG states...
                     meta:dict|None=None, # JSON-able: config and anything a reader wants without loading tensors
                     keep:int=2, # complete checkpoints to keep (older ones are removed after the new one is in place)
                    ) -> Path:
     "Write `run_dir/ckpt-<step>/` atomically (temp dir, fsync, rename), update `LATEST`, prune old checkpoints."
-    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir); refuse_bundled(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"ckpt-{step:08d}"
     for stale in run_dir.glob(".tmp-ckpt-*"): shutil.rmtree(stale, ignore_errors=True)  # left by a writer that was killed
     tmp = run_dir / f".tmp-ckpt-{step:08d}-{os.getpid()}"
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))
-    if optimizer is not None: torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if optimizer is not None: torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(state or {}, tmp / "state.pt")
-    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
-    for p in tmp.iterdir(): _fsync(p)
-    (tmp / "meta.json").write_text(json.dumps({"format": FORMAT, "step": step, "time": time.time(), "files": files,
-                                                **(meta or {})}, indent=1) + "\n")
-    _fsync(tmp / "meta.json"); _fsync(tmp)
+    files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+    for p in tmp.iterdir(): fsync_path(p)
+    write_json(tmp / "meta.json", {"format": FORMAT, "step": step, "time": time.time(), "files": files, **(meta or {})})
     if final.exists():  # a checkpoint of this step from an earlier, interrupted attempt: not the one LATEST names
         shutil.rmtree(final)
-    os.replace(tmp, final); _fsync(run_dir)
-    _write_atomic(run_dir / "LATEST", final.name + "\n")
+    atomic_replace(tmp, final)
+    atomic_write(run_dir / "LATEST", final.name + "\n")
     for old in sorted(run_dir.glob("ckpt-*"))[:-keep] if keep > 0 else []:
         if old != final: shutil.rmtree(old, ignore_errors=True)
     return final
@@ -96,9 +81,8 @@ def latest_checkpoint(run_dir:str|Path) -> Path|None:
 def read_checkpoint_meta(ckpt:str|Path) -> dict:
     "A checkpoint's meta.json, after checking that it is a complete checkpoint of this format."
     ckpt = Path(ckpt)
-    try: meta = json.loads((ckpt / "meta.json").read_text())
-    except FileNotFoundError: raise CourseError(f"{str(ckpt)!r} is not a checkpoint (no meta.json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError): raise CourseError(f"{str(ckpt / 'meta.json')!r} is corrupt (not valid JSON)") from None
+    if not (ckpt / "meta.json").is_file(): raise CourseError(f"{str(ckpt)!r} is not a checkpoint (no meta.json)")
+    meta = read_json(ckpt / "meta.json", "checkpoint metadata")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CourseError(f"{str(ckpt)!r} is not a checkpoint of format {FORMAT!r}")
     return meta
@@ -117,7 +101,7 @@ def load_checkpoint(ckpt:str|Path, # a ckpt-<step> directory (or a run directory
     for name in needed:
         if name not in meta["files"] or not (ckpt / name).is_file(): raise CourseError(f"checkpoint {str(ckpt)!r} is incomplete: {name} is missing")
         digest = meta["files"][name]
-        if verify and _sha256(ckpt / name) != digest:
+        if verify and sha256_file(ckpt / name) != digest:
             raise CourseError(f"checkpoint {str(ckpt)!r} is corrupt: {name} does not match its sha256 in meta.json")
     try:  # names and shapes first, so that a model is never half-loaded from a mismatched file
         with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
@@ -132,12 +116,59 @@ def load_checkpoint(ckpt:str|Path, # a ckpt-<step> directory (or a run directory
         raise CourseError(f"the weights in {str(ckpt)!r} do not fit this model: " + "; ".join(
             f"{what} {v[:3]}" for what, v in (("shapes differ:", wrong), ("unexpected:", unexpected), ("missing:", missing)) if v))
     load_model(model, str(ckpt / "model.safetensors"), strict=True, device=str(map_location))
-    def _load(name):  # to the CPU: RNG and generator states must be CPU tensors; the optimiser moves its own state
-        try: return torch.load(ckpt / name, map_location="cpu", weights_only=True)
-        except Exception as e: raise CourseError(f"{str(ckpt / name)!r} cannot be loaded safely: {str(e).splitlines()[0][:200]}") from None
     if optimizer is not None:
-        osd = _load("optimizer.pt")
+        osd = load_state_file(ckpt, "optimizer.pt")
         try: optimizer.load_state_dict(osd)
         except (ValueError, KeyError, RuntimeError) as e:
             raise CourseError(f"the optimiser state in {str(ckpt)!r} does not fit this optimiser: {e}") from None
-    return meta, _load("state.pt")
+    return meta, load_state_file(ckpt, "state.pt")
+
+# %% ../nbs/05c_checkpoints.ipynb #5a1c0e01
+def verify_checkpoint(ckpt:str|Path, # a ckpt-<step> directory
+                     ) -> dict:
+    "Check that every file `meta.json` lists is present with its sha256; returns the meta. Reads, never writes."
+    ckpt = Path(ckpt); meta = read_checkpoint_meta(ckpt)
+    for name, digest in meta.get("files", {}).items():
+        if not (ckpt / name).is_file(): raise CourseError(f"checkpoint {str(ckpt)!r} is incomplete: {name} is missing")
+        if sha256_file(ckpt / name) != digest:
+            raise CourseError(f"checkpoint {str(ckpt)!r} is corrupt: {name} does not match its sha256 in meta.json")
+    return meta
+
+def load_state_file(ckpt:str|Path, name:str) -> dict:
+    "One of a checkpoint's torch files (optimizer.pt, state.pt), to the CPU, rebuilding only tensors and plain values."
+    try: return torch.load(Path(ckpt) / name, map_location="cpu", weights_only=True)  # RNG states must be CPU tensors
+    except Exception as e: raise CourseError(f"{str(Path(ckpt) / name)!r} cannot be loaded safely: {str(e).splitlines()[0][:200]}") from None
+
+# %% ../nbs/05c_checkpoints.ipynb #5a1c0e05
+def load_trained(path:str|Path, # a run directory (uses its LATEST) or a ckpt-<step> directory
+               device:str|torch.device="cpu", # where the model goes ("auto" picks the best present)
+              ) -> tuple[GPT, object, dict]:
+    "The model (in eval mode, on `device`), its tokenizer and the checkpoint's meta."
+    path = Path(path)
+    if not path.exists(): raise CourseError(f"checkpoint path {str(path)!r} does not exist")
+    ckpt = latest_checkpoint(path) if (path / "LATEST").exists() else path
+    if ckpt is None: raise CourseError(f"{str(path)!r} holds no checkpoint yet")
+    meta = read_checkpoint_meta(ckpt)
+    try: shape = GPTConfig(**meta["config"]["model"])
+    except (KeyError, TypeError) as e: raise CourseError(f"{str(ckpt)!r} does not record a model shape this version can read: {e}") from None
+    spec = meta.get("tokenizer")
+    if not spec: raise CourseError(f"{str(ckpt)!r} does not name its tokenizer")
+    tok = load_tokenizer(ckpt.parent / spec if spec == "tokenizer" else spec)
+    model = GPT(shape)
+    load_checkpoint(ckpt, model, map_location="cpu")
+    return model.to(get_device(device)).eval(), tok, meta
+
+def sample(model:nn.Module, tokenizer, # the model and its tokenizer
+           prompt:str, # text to continue
+           max_new_tokens:int=200, temperature:float=1.0, top_k:int|None=None,
+           seed:int=0, # a generator of its own: sampling never touches the global random streams
+          ) -> str:
+    "A continuation of `prompt` (the prompt included), reproducible from `seed`."
+    dev = next(model.parameters()).device
+    ids = tokenizer.encode(prompt)
+    if not ids: raise CourseError("the prompt is empty: give at least one character")
+    if len(ids) > model.config.block_size:
+        raise CourseError(f"the prompt is {len(ids)} tokens, longer than the model's context of {model.config.block_size}")
+    g = torch.Generator(device=dev).manual_seed(seed)
+    out = generate(model, torch.tensor([ids], device=dev), max_new_tokens, temperature=temperature, top_k=top_k, generator=g)
+    return tokenizer.decode(out[0].tolist())

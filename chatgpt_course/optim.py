@@ -4,16 +4,19 @@
 
 # %% ../nbs/05b_optimization.ipynb #fffc5bec
 from __future__ import annotations
-import math, os, platform
-from contextlib import nullcontext
+import math
+from contextlib import contextmanager, nullcontext
+from typing import Protocol
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .core import CourseError, Precision
 
 # %% auto #0
-__all__ = ['PEAK_FLOPS', 'param_groups', 'make_optimizer', 'lr_at', 'set_lr', 'train_step', 'peak_flops', 'mfu']
+__all__ = ['IGNORE_INDEX', 'PEAK_FLOPS', 'param_groups', 'make_optimizer', 'lr_at', 'set_lr', 'Objective', 'lm_objective',
+           'train_step', 'peak_flops', 'mfu']
 
 # %% ../nbs/05b_optimization.ipynb #ab6c87cf
 def param_groups(model:nn.Module, # the model (not a DDP or compiled wrapper)
@@ -52,41 +55,82 @@ def set_lr(optimizer:torch.optim.Optimizer, lr:float):
     "Set every parameter group's learning rate (the schedule's value for this step)."
     for g in optimizer.param_groups: g["lr"] = lr
 
+# %% ../nbs/05b_optimization.ipynb #7a0b0002
+IGNORE_INDEX = -100  # a target with this id is not learned (the model stage's value, PyTorch's default)
+
+class Objective(Protocol):
+    "What a step learns: `objective(model, batch) -> (loss_sum, n_targets, metrics)`, sums over the batch's targets."
+    def __call__(self, model:nn.Module, batch) -> tuple[torch.Tensor, torch.Tensor|int, dict]: ...
+
+def lm_objective(model:nn.Module, # the model as trained
+                 batch:tuple[torch.Tensor, torch.Tensor], # (inputs, targets), each (B, T); IGNORE_INDEX targets are not learned
+                ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    "Next-token prediction: cross-entropy summed over the real targets, their count, and no other metrics."
+    x, y = batch
+    logits, _ = model(x)  # (B, T, V)
+    loss_sum = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_sum, (y != IGNORE_INDEX).sum(), {}
+
 # %% ../nbs/05b_optimization.ipynb #3eb5ed0b
-def train_step(model:nn.Module, # the model as trained (possibly DDP- or compile-wrapped)
-               batches:list[tuple[torch.Tensor, torch.Tensor]], # this step's micro-batches (inputs, targets)
+def _grad_sync(model:nn.Module, sync:bool):
+    "DDP and FSDP reduce gradients across processes in backward: needed on a step's last micro-batch only."
+    if sync: return nullcontext()
+    if hasattr(model, "no_sync"): return model.no_sync()  # DistributedDataParallel
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2's fully_shard
+        @contextmanager
+        def off():
+            model.set_requires_gradient_sync(False)
+            try: yield
+            finally: model.set_requires_gradient_sync(True)
+        return off()
+    return nullcontext()
+
+def train_step(model:nn.Module, # the model as trained (possibly DDP-, FSDP- or compile-wrapped)
+               batches:list, # this process's micro-batches for one step
                optimizer:torch.optim.Optimizer,
                prec:Precision, # from core.precision_for: the autocast context and gradient scaler policy
                scaler:torch.amp.GradScaler, # prec.scaler(), kept across steps
                grad_clip:float=1.0, # max global gradient norm (0: no clipping)
                step:int=0, # the step number, for error messages
-              ) -> tuple[float, float]:
-    "One optimiser step over gradient-accumulated micro-batches; returns (mean loss, gradient norm before clipping)."
-    k, loss_sum = len(batches), torch.zeros((), device=batches[0][0].device)
-    for i, (x, y) in enumerate(batches):
-        sync = i == k - 1 or not hasattr(model, "no_sync")  # DDP: all-reduce gradients on the last micro-batch only
-        with (nullcontext() if sync else model.no_sync()):
-            with prec.autocast(): _, loss = model(x, y)
-            scaler.scale(loss / k).backward()
-        loss_sum += loss.detach().float()
-    loss = loss_sum / k
-    if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank must see the same verdict
-        torch.distributed.all_reduce(loss); loss /= torch.distributed.get_world_size()
-    loss_v = loss.item()
+               objective:Objective=lm_objective, # what to learn from each micro-batch
+               norm_hint:float=1.0, # about how many targets a micro-batch holds: keeps gradients at their usual scale in backward
+              ) -> dict:
+    "One optimiser step: the gradient of the loss summed over every target of every micro-batch and process, divided by their count."
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = torch.distributed.get_world_size() if dist else 1
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    sums, keys = None, None
+    for i, batch in enumerate(batches):
+        with _grad_sync(model, i == len(batches) - 1):
+            with prec.autocast(): loss_sum, n, metrics = objective(model, batch)
+            scaler.scale(loss_sum / norm_hint).backward()
+        keys = keys or sorted(metrics)
+        vals = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=loss_sum.device).detach()
+                            for v in (loss_sum.detach(), n, *(metrics[k] for k in keys))])
+        sums = vals if sums is None else sums + vals
+    if dist: torch.distributed.all_reduce(sums)  # loss, targets and metrics of the whole step; every rank sees the same
+    loss_total, n_total, *m = sums.tolist()
+    if n_total == 0:  # nothing to learn in this step: no update, and no 0/0
+        optimizer.zero_grad(set_to_none=True)
+        return {"loss": None, "grad_norm": 0.0, "targets": 0}
+    loss_v = loss_total / n_total
     if not math.isfinite(loss_v):
         optimizer.zero_grad(set_to_none=True)
         raise CourseError(f"the training loss became {loss_v} at step {step}; stopped before updating the weights "
                           "(lower the learning rate, or check the data)")
     scaler.unscale_(optimizer)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf")).item()
+    fix = norm_hint * world / n_total  # DDP and FSDP averaged over `world` processes; we want the sum over all targets / n_total
+    for p in params:
+        if p.grad is not None: p.grad.mul_(fix)
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+    norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # FSDP: a sharded (DTensor) norm
     if not math.isfinite(norm) and not scaler.is_enabled():
         optimizer.zero_grad(set_to_none=True)
         raise CourseError(f"the gradient norm became {norm} at step {step}; stopped before updating the weights "
                           "(lower the learning rate, or check the data)")
     scaler.step(optimizer); scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return loss_v, norm
+    return {"loss": loss_v, "grad_norm": norm, "targets": int(n_total), **{k: v / n_total for k, v in zip(keys, m)}}
 
 # %% ../nbs/05b_optimization.ipynb #f3082016
 PEAK_FLOPS = [("H100 PCIe", 756e12), ("H200", 989e12), ("H100", 989e12), ("GH200", 989e12), ("A100", 312e12)]  # dense bf16 FLOP/s
