@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Every test, from nothing: set up .venv, then check in order that
 #  1. nbdev_export leaves chatgpt_course/ unchanged (notebooks and library in sync),
-#  2. nbdev_clean leaves nbs/ unchanged,
-#  3. nbdev_test passes (CPU; cells flagged slow or cuda are skipped),
-#  4. pytest tests/ passes (printed last).
+#  2. pyflakes finds nothing in chatgpt_course/ (unused imports, undefined names),
+#  3. nbdev_clean leaves nbs/ unchanged,
+#  4. nbdev_test passes (CPU; cells flagged slow or cuda are skipped),
+#  5. pytest tests/ passes, with the 15 slowest tests listed (printed last).
 # Exits non-zero on the first failure.
 source "$(dirname "$0")/scripts/setup.sh"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 
-echo "== 1/4 nbdev_export leaves chatgpt_course/ unchanged"
+echo "== 1/5 nbdev_export leaves chatgpt_course/ unchanged"
 cp -r chatgpt_course "$tmp/lib"
 nbdev_export
 if ! diff -r -q -x __pycache__ "$tmp/lib" chatgpt_course; then
@@ -16,7 +17,13 @@ if ! diff -r -q -x __pycache__ "$tmp/lib" chatgpt_course; then
   exit 1
 fi
 
-echo "== 2/4 nbdev_clean leaves nbs/ unchanged"
+echo "== 2/5 pyflakes chatgpt_course/"
+if ! python -m pyflakes chatgpt_course/; then
+  echo "FAIL: pyflakes found the problems above in the library. Fix them in the notebooks, then export." >&2
+  exit 1
+fi
+
+echo "== 3/5 nbdev_clean leaves nbs/ unchanged"
 cp -r nbs "$tmp/nbs"
 nbdev_clean
 if ! diff -r -q -x .ipynb_checkpoints "$tmp/nbs" nbs; then
@@ -24,9 +31,9 @@ if ! diff -r -q -x .ipynb_checkpoints "$tmp/nbs" nbs; then
   exit 1
 fi
 
-echo "== 3/4 nbdev_test (CPU; slow and cuda cells skipped)"
+echo "== 4/5 nbdev_test (CPU; slow and cuda cells skipped)"
 # two notebooks at a time on two cores: one thread each, or the two runs fight over the cores
 OMP_NUM_THREADS=1 nbdev_test --n_workers 2 --timing
 
-echo "== 4/4 pytest tests/"
-python -m pytest tests/ -q
+echo "== 5/5 pytest tests/"
+python -m pytest tests/ -q --durations=15

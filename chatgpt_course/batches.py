@@ -4,7 +4,7 @@
 
 # %% ../nbs/05a_batches.ipynb #c8c414c9
 from __future__ import annotations
-import hashlib, json, math, os, random
+import math
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -12,10 +12,12 @@ import numpy as np
 import torch
 
 from .core import CourseError
+from .files import atomic_write, read_json, sha256_file, write_json
+from .model import IGNORE_INDEX
 
 # %% auto #0
 __all__ = ['FORMAT', 'token_dtype', 'write_token_file', 'TokenFile', 'open_token_file', 'tokenize_documents', 'RandomWindows',
-           'eval_windows', 'token_byte_lengths', 'bits_per_byte']
+           'eval_windows', 'token_byte_lengths', 'bits_per_byte', 'target_stats']
 
 # %% ../nbs/05a_batches.ipynb #96286e65
 FORMAT = "chatgpt-course tokens v1"
@@ -26,12 +28,6 @@ def token_dtype(vocab_size:int, # number of distinct token ids
     if vocab_size <= 0: raise CourseError(f"vocab_size must be positive, got {vocab_size}")
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.uint32)
 
-def _atomic_write_bytes(path:Path, data:bytes):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 def write_token_file(chunks:Iterable, # token-id sequences (lists or arrays), written back to back
                      path:str|Path, # the .bin file to write; its description goes to path + ".json"
                      vocab_size:int, # ids must lie in [0, vocab_size)
@@ -39,22 +35,19 @@ def write_token_file(chunks:Iterable, # token-id sequences (lists or arrays), wr
                      n_bytes:int|None=None, # UTF-8 bytes of the text the tokens encode (for bits per byte)
                     ) -> dict:
     "Write token ids as a flat uint16/uint32 file plus JSON metadata (counts, dtype, sha256); atomically."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    dt, h, n = token_dtype(vocab_size), hashlib.sha256(), 0
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    dt, n = token_dtype(vocab_size), 0
+    def write(f):
+        nonlocal n
         for chunk in chunks:
             a = np.asarray(chunk)
             if a.size == 0: continue
-            if a.min() < 0 or a.max() >= vocab_size:
-                f.close(); tmp.unlink()
+            if a.min() < 0 or a.max() >= vocab_size:  # atomic_write then removes the partial file
                 raise CourseError(f"token ids must lie in [0, {vocab_size}) but a chunk holds {int(a.min())}..{int(a.max())}")
-            b = a.astype(dt).tobytes(); f.write(b); h.update(b); n += a.size
-        f.flush(); os.fsync(f.fileno())
+            f.write(a.astype(dt).tobytes()); n += a.size
+    path = atomic_write(path, write)
     meta = dict(format=FORMAT, tokenizer=str(tokenizer), vocab_size=int(vocab_size), dtype=dt.name,
-                n_tokens=n, n_bytes=None if n_bytes is None else int(n_bytes), sha256=h.hexdigest())
-    os.replace(tmp, path)
-    _atomic_write_bytes(Path(str(path) + ".json"), (json.dumps(meta, indent=1) + "\n").encode())
+                n_tokens=n, n_bytes=None if n_bytes is None else int(n_bytes), sha256=sha256_file(path))
+    write_json(str(path) + ".json", meta)
     return meta
 
 # %% ../nbs/05a_batches.ipynb #58e9341b
@@ -72,9 +65,8 @@ def open_token_file(path:str|Path, # a .bin file written by `write_token_file`
     "Memory-map a token file after checking its description, size and (optionally) checksum."
     path = Path(path); mp = Path(str(path) + ".json")
     if not path.is_file(): raise CourseError(f"token file {str(path)!r} does not exist (expected a .bin written by write_token_file)")
-    try: meta = json.loads(mp.read_text())
-    except FileNotFoundError: raise CourseError(f"token file {str(path)!r} has no description {mp.name!r} beside it") from None
-    except (json.JSONDecodeError, UnicodeDecodeError): raise CourseError(f"token file description {str(mp)!r} is not valid JSON") from None
+    if not mp.is_file(): raise CourseError(f"token file {str(path)!r} has no description {mp.name!r} beside it")
+    meta = read_json(mp, "token file description")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CourseError(f"{str(mp)!r} does not describe a token file (expected format {FORMAT!r})")
     dt = np.dtype(meta["dtype"]); size = path.stat().st_size
@@ -82,12 +74,8 @@ def open_token_file(path:str|Path, # a .bin file written by `write_token_file`
         raise CourseError(f"token file {str(path)!r} is {size} bytes but its description promises "
                           f"{meta['n_tokens']} {dt.name} tokens ({meta['n_tokens'] * dt.itemsize} bytes): truncated or replaced")
     if meta["n_tokens"] == 0: raise CourseError(f"token file {str(path)!r} is empty (0 tokens); nothing to train or evaluate on")
-    if verify:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for b in iter(lambda: f.read(1 << 24), b""): h.update(b)
-        if h.hexdigest() != meta["sha256"]:
-            raise CourseError(f"token file {str(path)!r} does not match the sha256 in its description: it changed after it was written")
+    if verify and sha256_file(path) != meta["sha256"]:
+        raise CourseError(f"token file {str(path)!r} does not match the sha256 in its description: it changed after it was written")
     return TokenFile(path, meta, np.memmap(path, dtype=dt, mode="r"))
 
 # %% ../nbs/05a_batches.ipynb #6b00c680
@@ -109,7 +97,7 @@ def tokenize_documents(docs:Iterable[str], # the documents, in order
             yield ids if eot is None else list(ids) + [eot]
     meta = write_token_file(chunks(), path, tokenizer.n_vocab, spec or str(tokenizer.name), n_bytes=None)
     meta["n_bytes"] = n_bytes  # known only once the generator ran; rewrite the description with it
-    _atomic_write_bytes(Path(str(path) + ".json"), (json.dumps(meta, indent=1) + "\n").encode())
+    write_json(str(path) + ".json", meta)
     return meta
 
 # %% ../nbs/05a_batches.ipynb #a1dc54ad
@@ -160,10 +148,18 @@ def eval_windows(tokens:np.ndarray, # validation token ids
     for i, s in enumerate(range(0, n, seq_len)):
         if i % world_size == rank: yield s, min(seq_len, n - s)
 
-def token_byte_lengths(tokenizer) -> np.ndarray:
-    "UTF-8 bytes each token id stands for (0 for special tokens): the weights of bits per byte."
+def _special_ids(tokenizer) -> set[int]:
+    sp = getattr(tokenizer, "special_tokens", None)  # the course's tokenizers: {string: id}
+    if isinstance(sp, dict): return set(sp.values())
+    if hasattr(tokenizer, "special_tokens_set"):  # a tiktoken.Encoding names them, without ids
+        return {tokenizer.encode_single_token(s) for s in tokenizer.special_tokens_set}
+    return set()
+
+def token_byte_lengths(tokenizer, # a course tokenizer (CharTokenizer, BPETokenizer) or a tiktoken.Encoding
+                      ) -> np.ndarray:
+    "UTF-8 bytes each token id stands for, indexed by id: 0 for special tokens, which stand for no text."
     enc = tokenizer.to_tiktoken() if hasattr(tokenizer, "to_tiktoken") else getattr(tokenizer, "enc", tokenizer)
-    special = set(getattr(tokenizer, "special_tokens", {}).values())
+    special = _special_ids(tokenizer)
     out = np.zeros(tokenizer.n_vocab, dtype=np.int32)
     for i in range(tokenizer.n_vocab):
         if i in special: continue
@@ -179,3 +175,16 @@ def bits_per_byte(loss_sum:float, # summed cross-entropy in nats over the scored
     "Compression in bits per byte of text: summed loss in nats / (bytes * ln 2)."
     if n_bytes <= 0: raise CourseError(f"bits per byte needs a positive byte count, got {n_bytes}")
     return loss_sum / (n_bytes * math.log(2))
+
+# %% ../nbs/05a_batches.ipynb #fe069d49
+def target_stats(losses:torch.Tensor, # per-target cross-entropy in nats (reduction="none"), any shape
+                 targets:torch.Tensor, # the target ids, the same shape; IGNORE_INDEX (-100) where nothing is scored
+                 token_bytes:torch.Tensor|np.ndarray, # UTF-8 bytes per token id (token_byte_lengths): 0 for special tokens
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "(loss_sum, n_targets, n_bytes) over the targets that stand for text: ignored and special-token targets count in none."
+    tb = torch.as_tensor(token_bytes, device=targets.device)
+    real = targets != IGNORE_INDEX
+    n_bytes = torch.where(real, tb[torch.where(real, targets, 0)], 0)  # -100 is never an index: id 0 stands in, then zeroed
+    text = n_bytes > 0
+    loss_sum = torch.where(text, losses.double(), 0.0).sum()  # where, not a product: a nan on an ignored position stays out
+    return loss_sum, text.sum(), n_bytes.sum()

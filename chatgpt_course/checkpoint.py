@@ -4,7 +4,7 @@
 
 # %% ../nbs/05c_checkpoints.ipynb #16b49c45
 from __future__ import annotations
-import json, os, random, shutil, time
+import os, random, shutil, time
 from pathlib import Path
 
 import numpy as np

@@ -22,7 +22,7 @@ COMMANDS = {  # subcommand: (module, function, one-line help)
 def _available(cmd): return importlib.util.find_spec(COMMANDS[cmd][0]) is not None
 
 def _usage() -> str:
-    lines = [f"usage: chatgpt-course [--version] <command> [options]", "", "commands:"]
+    lines = ["usage: chatgpt-course [--version] <command> [options]", "", "commands:"]
     lines += [f"  {c:<10} {h}" for c, (m, f, h) in COMMANDS.items() if _available(c)]
     lines += ["", "Run 'chatgpt-course <command> --help' for a command's options."]
     return "\n".join(lines)

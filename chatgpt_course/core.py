@@ -8,6 +8,8 @@ import os, sys, platform, random, importlib.util
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+if TYPE_CHECKING: import torch  # for the annotations only
 
 # torch and numpy are imported inside the functions that use them: the command line's data and tokenizer
 # commands, which import this module, then start without loading PyTorch (about 1.5 s)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_gpt.ipynb #4d24ba3e
 from __future__ import annotations
-import json, math, os, tempfile
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import CourseError
+from .files import atomic_write, read_json, refuse_bundled, write_json
 from .attention import CausalSelfAttention, KVCache, rope_cache
 
 # %% auto #0
@@ -338,15 +339,6 @@ def from_hf_state_dict(sd:dict[str, torch.Tensor], # a GPT-2 state dict, with or
 # %% ../nbs/04_gpt.ipynb #bf6fb771
 _HF_ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}  # transformers' names -> gelu_approx
 
-def _atomic_write(path:Path, write):
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.unlink(tmp)
-
 def hf_config(config:GPTConfig) -> dict:
     "The `config.json` of a Hugging Face GPT2LMHeadModel with our shape."
     _check_hf_variant(config)
@@ -364,15 +356,16 @@ def save_hf(model:GPT, # a GPT-2 variant model (layernorm, learned positions, ge
             path:str|Path, # a directory, created if needed
            ) -> Path:
     "Write `config.json` + `model.safetensors` that `transformers.GPT2LMHeadModel.from_pretrained(path)` loads."
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     cfg = hf_config(model.config)
     sd = {k: v.cpu() for k, v in to_hf_state_dict(model).items()}
     cfg["dtype"] = str(sd["transformer.wte.weight"].dtype).removeprefix("torch.")  # the weights as stored
-    path = Path(path)
+    path = refuse_bundled(path)
     if path.exists() and not path.is_dir(): raise CourseError(f"save_hf needs a directory, but {path} is a file")
     path.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path / "model.safetensors", lambda tmp: save_file(sd, tmp, metadata={"format": "pt"}))
-    _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(cfg, indent=2) + "\n"))
+    # serialised in memory (one extra copy of the weights) so that files.atomic_write, the course's one atomic write, writes them
+    atomic_write(path / "model.safetensors", save(sd, metadata={"format": "pt"}))
+    write_json(path / "config.json", cfg, indent=2)
     return path
 
 def config_from_hf(hf:dict) -> GPTConfig:
@@ -394,16 +387,14 @@ def config_from_hf(hf:dict) -> GPTConfig:
 
 def load_hf(path:str|Path, # a directory with config.json and model.safetensors (or a sharded index)
            ) -> GPT:
-    "Our `GPT` from a Hugging Face GPT-2 checkpoint directory, read with json + safetensors only."
+    "Our `GPT` from a Hugging Face GPT-2 checkpoint directory, read with safetensors and the files module only."
     from safetensors.torch import load_file
     path = Path(path)
     if not (path / "config.json").is_file(): raise CourseError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
-    try: hf = json.loads((path / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise CourseError(f"{path / 'config.json'} is not valid JSON: {e}") from e
-    config = config_from_hf(hf)
+    config = config_from_hf(read_json(path / "config.json", "Hugging Face config"))
     if (path / "model.safetensors").is_file(): files = [path / "model.safetensors"]
     elif (path / "model.safetensors.index.json").is_file():  # large checkpoints are split into shards
-        index = json.loads((path / "model.safetensors.index.json").read_text())
+        index = read_json(path / "model.safetensors.index.json", "safetensors index")
         files = [path / f for f in sorted(set(index["weight_map"].values()))]
     else:
         raise CourseError(f"{path} has no model.safetensors (pickled pytorch_model.bin files are not loaded: they can run code)")

@@ -71,7 +71,7 @@ def lm_objective(model:nn.Module, # the model as trained
     loss_sum = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
     return loss_sum, (y != IGNORE_INDEX).sum(), {}
 
-# %% ../nbs/05b_optimization.ipynb #3eb5ed0b
+# %% ../nbs/05b_optimization.ipynb #7a0b0006
 def _grad_sync(model:nn.Module, sync:bool):
     "DDP and FSDP reduce gradients across processes in backward: needed on a step's last micro-batch only."
     if sync: return nullcontext()
@@ -85,6 +85,7 @@ def _grad_sync(model:nn.Module, sync:bool):
         return off()
     return nullcontext()
 
+# %% ../nbs/05b_optimization.ipynb #3eb5ed0b
 def train_step(model:nn.Module, # the model as trained (possibly DDP-, FSDP- or compile-wrapped)
                batches:list, # this process's micro-batches for one step
                optimizer:torch.optim.Optimizer,

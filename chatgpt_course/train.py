@@ -23,7 +23,7 @@ from .batches import (open_token_file, tokenize_documents, RandomWindows, eval_w
                                     token_byte_lengths, bits_per_byte, target_stats)
 from .optim import Objective, lm_objective, make_optimizer, lr_at, set_lr, train_step, peak_flops, mfu
 from .checkpoint import (save_checkpoint, load_checkpoint, latest_checkpoint, read_checkpoint_meta,
-                                       verify_checkpoint, load_state_file, load_trained, sample, rng_state, set_rng_state)
+                                       verify_checkpoint, load_state_file, sample, rng_state, set_rng_state)
 
 # %% auto #0
 __all__ = ['PRESETS', 'RESUME_MAY_CHANGE', 'TrainConfig', 'check_config', 'prepare_data', 'evaluate', 'read_log', 'plot_run',
@@ -137,6 +137,7 @@ def _make_tokenizer(spec:str, train_docs:list[str], all_docs:list[str], out:Path
 def _resolve_tokenizer(spec:str, run_dir:Path):
     return load_tokenizer(run_dir / spec if spec == "tokenizer" else spec)
 
+# %% ../nbs/05d_pretraining.ipynb #6c00aa40
 def prepare_data(cfg:TrainConfig, # data, tokenizer and split settings
                  out:str|Path, # the run directory (token files go to out/data, the tokenizer to out/tokenizer)
                  rank:int=0, # only rank 0 writes; the others wait at a barrier and read
@@ -223,6 +224,7 @@ def _smooth(v:list[float], k:int=20) -> np.ndarray:
     k = max(1, min(k, len(v) // 5 or 1))
     return np.convolve(v, np.ones(k) / k, mode="valid")
 
+# %% ../nbs/05d_pretraining.ipynb #6c00aa41
 def _loss_figure(recs:list[dict], title:str=""):
     from matplotlib.figure import Figure
     tr = [r for r in recs if r.get("kind") == "train"]; ev = [r for r in recs if r.get("kind") == "eval"]
@@ -307,8 +309,10 @@ def wrap_model(model:torch.nn.Module, # the bare model, on its device
         m = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
     elif dist.world > 1 and parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
-        for block in model.transformer.h: fully_shard(block)  # each block gathers its weights only while it computes
-        fully_shard(model)  # the rest: embeddings (tied to the output layer), final norm
+        from torch.distributed.device_mesh import init_device_mesh
+        mesh = init_device_mesh(dist.device.type, (dist.world,))  # named, or a CUDA build would assume a CUDA mesh on CPUs
+        for block in model.transformer.h: fully_shard(block, mesh=mesh)  # each block gathers its weights only while it computes
+        fully_shard(model, mesh=mesh)  # the rest: the embedding (tied to the output layer, so sharded with the root), ln_f
     return torch.compile(m) if compile else m
 
 # %% ../nbs/05d_pretraining.ipynb #2f8b7c86
@@ -331,6 +335,7 @@ def _differences(old:dict, new:dict, prefix:str="") -> dict:
         elif a != b: diff[prefix + k] = (a, b)
     return diff
 
+# %% ../nbs/05d_pretraining.ipynb #6c00aa42
 def check_run_dir(out:Path, # the run directory
                   config:dict, # the run's config in JSON form
                   resume:bool, # whether the caller means to continue the run there
@@ -373,6 +378,7 @@ def _by_index(osd:dict) -> dict:
     groups = [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]
     return {"state": {index[n]: s for n, s in osd["state"].items()}, "param_groups": groups}
 
+# %% ../nbs/05d_pretraining.ipynb #6c00aa43
 def save_state(out:Path, step:int, model, optimizer, scaler, loader, dist:Dist, parallel:str="ddp",
                meta:dict|None=None, keep:int=2):
     "Checkpoint the run at `step`: weights, optimiser, scaler, loader and every process's random streams (rank 0 writes)."
@@ -449,9 +455,30 @@ def _budget_spent(elapsed:float, budget:float, device) -> float:
     if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.broadcast(frac, src=0)
     return frac.item()
 
+def _scheduled_step(cfg, step:int, elapsed:float, dist:Dist) -> int|None:
+    "The step the schedule uses: the step itself, or further along when a time budget runs out first; None once it is spent."
+    if not cfg.max_minutes: return step
+    spent = _budget_spent(elapsed, cfg.max_minutes * 60, dist.device)
+    if spent >= 1 and step > 0: return None
+    return max(step, int(spent * cfg.max_steps))
+
 def _eval_message(step:int, rec:dict) -> str:
     figs = ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if isinstance(v, float) and k not in ("time_s",))
     return f"step {step}: {figs}" + ("\n" + rec["sample"].strip("\n")[:500] + "\n" if rec.get("sample") else "")
+
+# %% ../nbs/05d_pretraining.ipynb #6c00aa44
+def _start(model, loader, cfg, dist:Dist, resume_from:Path|None) -> tuple:
+    "The model on its device (with the resumed weights) and wrapped, its optimiser and scaler, and the restored step and clock."
+    model.to(dist.device)
+    if resume_from: load_checkpoint(resume_from, model, verify=False)  # verified by check_run_dir
+    train_model = wrap_model(model, dist, cfg.parallel, cfg.compile)  # FSDP shards in place: the optimiser comes after
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=cfg.fused_adamw)
+    prec = precision_for(dist.device, cfg.dtype); scaler = prec.scaler()
+    step, time_s = 0, 0.0
+    if resume_from:
+        meta = restore_state(resume_from, model, optimizer, scaler, loader, dist, cfg.parallel)
+        step, time_s = meta["step"], meta.get("time_s", 0.0)
+    return train_model, optimizer, prec, scaler, step, time_s
 
 # %% ../nbs/05d_pretraining.ipynb #6c00aa25
 def fit(model:torch.nn.Module, # the bare model: new, or initialised from a checkpoint; moved to dist.device here
@@ -464,22 +491,14 @@ def fit(model:torch.nn.Module, # the bare model: new, or initialised from a chec
         evaluate:Callable|None=None, # evaluate(model, step) -> figures to log; every process calls it
         meta:dict|None=None, # JSON-able facts saved in every checkpoint (the config, the tokenizer...)
         tokens_per_step:int=0, flops_per_token:float=0.0, # for the throughput and MFU figures of the log
+        norm_hint:float=1.0, # about the targets of one micro-batch (train_step's scale for backward)
         progress:bool|None=None, verbose:bool=True, name:str="train",
         before_step:Callable|None=None, # test hook: before_step(step, model)
        ) -> dict:
     "Train `model` on `loader`'s batches under `objective`; resumable, atomic checkpoints, DDP/FSDP, time budget, log. Returns the last figures."
-    model.to(dist.device)
-    if resume_from: load_checkpoint(resume_from, model, verify=False)  # verified by check_run_dir
-    train_model = wrap_model(model, dist, cfg.parallel, cfg.compile)
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), fused=cfg.fused_adamw)
-    prec = precision_for(dist.device, cfg.dtype); scaler = prec.scaler()
-    step, time_offset = 0, 0.0
-    if resume_from:
-        rmeta = restore_state(resume_from, model, optimizer, scaler, loader, dist, cfg.parallel)
-        step, time_offset = rmeta["step"], rmeta.get("time_s", 0.0)
+    train_model, optimizer, prec, scaler, step, time_offset = _start(model, loader, cfg, dist, resume_from)
     log = RunLog(out / "log.jsonl", dist, cfg.max_steps, step, progress, verbose, name)
     peak, _ = peak_flops(dist.device); peak = peak * dist.world if peak else None  # MFU of the whole job against all its devices
-    hint = getattr(loader, "targets_per_micro_batch", 1)
     t_start = time.time() - time_offset  # the clock includes the time spent before an interruption
     recent, last, saved = [], {}, step
     def checkpoint():
@@ -492,17 +511,13 @@ def fit(model:torch.nn.Module, # the bare model: new, or initialised from a chec
         return rec
     try:
         while step < cfg.max_steps:
-            sched_step = step
-            if cfg.max_minutes:  # a time budget: stop when it is spent; the schedule follows the clock if that runs out first
-                spent = _budget_spent(time.time() - t_start, cfg.max_minutes * 60, dist.device)
-                if spent >= 1 and step > 0:
-                    log.say(f"{name}: the {cfg.max_minutes:g}-minute budget is spent at step {step}")
-                    break
-                sched_step = max(step, int(spent * cfg.max_steps))
+            sched_step = _scheduled_step(cfg, step, time.time() - t_start, dist)
+            if sched_step is None:
+                log.say(f"{name}: the {cfg.max_minutes:g}-minute budget is spent at step {step}"); break
             if before_step: before_step(step, model)
             lr = lr_at(sched_step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr); set_lr(optimizer, lr)
             t0 = time.time()
-            try: r = train_step(train_model, loader.next(), optimizer, prec, scaler, cfg.grad_clip, step + 1, objective, hint)
+            try: r = train_step(train_model, loader.next(), optimizer, prec, scaler, cfg.grad_clip, step + 1, objective, norm_hint)
             except CourseError as e:
                 good = latest_checkpoint(out)
                 raise CourseError(f"{e}; the last good checkpoint {str(good) if good else '(none yet)'} is intact") from None
@@ -529,6 +544,12 @@ def _pretrain_eval(cfg:TrainConfig, tok, val_tf, prec) -> Callable:
         if cfg.sample_tokens: rec["sample"] = sample(model, tok, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed)  # every rank: FSDP needs all
         return rec
     return hook
+
+def _summary(cfg:TrainConfig, model, train_tf, accum:int, dist:Dist) -> str:
+    tokens_per_step = cfg.batch_size * cfg.seq_len * accum * dist.world
+    return (f"pretrain: {model.num_params():,} parameters, {len(train_tf):,} training tokens, {tokens_per_step:,} tokens/step "
+            f"({cfg.batch_size} x {cfg.seq_len} x {accum} accum x {dist.world} proc, {cfg.parallel if dist.world > 1 else 'one process'}), "
+            f"{dist.device} {precision_for(dist.device, cfg.dtype).name}")
 
 def _check_fits(cfg:TrainConfig, tok, train_tf, val_tf):
     "The data and the model must fit each other: checked before the run writes anything of its own."
@@ -570,14 +591,11 @@ def train(cfg:TrainConfig, # what to train and how
         loader = RandomWindows(train_tf.tokens, cfg.batch_size, cfg.seq_len, accum, seed=cfg.seed, rank=dist.rank,
                                world_size=dist.world, device=dist.device)
         tokens_per_step = cfg.batch_size * cfg.seq_len * accum * dist.world
-        if dist.lead and verbose:
-            print(f"pretrain: {model.num_params():,} parameters, {len(train_tf):,} training tokens, {tokens_per_step:,} tokens/step "
-                  f"({cfg.batch_size} x {cfg.seq_len} x {accum} accum x {dist.world} proc, {cfg.parallel if dist.world > 1 else 'one process'}), "
-                  f"{dist.device} {precision_for(dist.device, cfg.dtype).name}", file=sys.stderr)
+        if dist.lead and verbose: print(_summary(cfg, model, train_tf, accum, dist), file=sys.stderr)
         hook = _pretrain_eval(cfg, tok, val_tf, precision_for(dist.device, cfg.dtype))
         res = fit(model, loader, lm_objective, cfg, out, dist, resume_from=ckpt, evaluate=hook,
                   meta={"config": _config_dict(cfg), "tokenizer": tok_spec}, tokens_per_step=tokens_per_step,
-                  flops_per_token=flops_per_token(cfg.model, cfg.seq_len), progress=progress, verbose=verbose,
+                  flops_per_token=flops_per_token(cfg.model, cfg.seq_len), norm_hint=cfg.batch_size * cfg.seq_len, progress=progress, verbose=verbose,
                   name="pretrain", before_step=before_step)
     finally:
         if dist.world > 1 and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()

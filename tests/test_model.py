@@ -170,12 +170,15 @@ def test_generate_cached_equals_uncached_past_block_size():
 
 
 def test_import_is_light():
-    code = ("import sys, time; t = time.perf_counter(); import chatgpt_course.model as m; "
-            "heavy = [k for k in ('transformers', 'safetensors', 'huggingface_hub', 'matplotlib') if k in sys.modules]; "
-            "print(heavy); assert not heavy, heavy; import torch; "
-            "assert not torch.cuda.is_initialized()")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    """What importing the model module loads, not how long it takes: a time would depend on the machine."""
+    code = ("import sys; import chatgpt_course.model; import torch; "
+            "print([k for k in ('transformers', 'safetensors', 'huggingface_hub', 'matplotlib') if k in sys.modules]); "
+            "print(torch.cuda.is_initialized())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+    heavy, cuda = r.stdout.split("\n")[:2]
+    assert heavy == "[]", f"importing chatgpt_course.model loaded {heavy}"
+    assert cuda == "False", "importing chatgpt_course.model initialised CUDA"
 
 
 @pytest.mark.parametrize("kw", [{}, {"norm": "rmsnorm", "pos": "rope", "mlp": "swiglu", "bias": False}])
