@@ -4,18 +4,17 @@
 
 # %% ../nbs/01c_chat_data.ipynb #0d310e06
 from __future__ import annotations
-import argparse, hashlib, random, re
+import hashlib, random, re
 from collections import Counter
 from typing import Iterable
 
 from .core import CourseError
-from .data import guard_output, write_jsonl
 
 # %% auto #0
 __all__ = ['ASSISTANT_NAME', 'CAPITALS', 'PLANETS', 'ELEMENTS', 'TOPICS', 'RELATIONS', 'FOLLOW_UPS', 'OPS', 'ARITH_QUESTIONS',
            'ARITH_FOLLOW_UPS', 'ARITH_FORMAL', 'ARITH_CASUAL', 'PERSONA', 'SYSTEM_PROMPTS', 'NOISE_PREFIXES',
            'NOISE_SUFFIXES', 'ROLES', 'is_heldout_entity', 'arith_key', 'is_heldout_arith', 'fact_table',
-           'make_chat_dataset', 'validate_chat', 'distinct_n', 'format_chat', 'chat_arguments', 'run_chat']
+           'make_chat_dataset', 'validate_chat', 'distinct_n', 'format_chat', 'chat_summary']
 
 # %% ../nbs/01c_chat_data.ipynb #543af495
 ASSISTANT_NAME = "Pip"
@@ -193,7 +192,7 @@ def make_chat_dataset(n:int, # number of conversations
         rows.append({"messages": msgs, "tags": {"style": style, "topics": topics, "items": items, "split": split, "augmented": augment}})
     return rows
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant")  # the roles of a chat message; the tokenizer gives each its own tag token
 
 def validate_chat(row, where:str="row") -> dict:
     "Check one conversation has the agreed format (optional system turn, then user/assistant turns); return it."
@@ -202,7 +201,7 @@ def validate_chat(row, where:str="row") -> dict:
     msgs = row["messages"]
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise CourseError(f"{where}: message {i} must be {{'role': 'system'|'user'|'assistant', 'content': str}}, got {m!r:.80}")
+            raise CourseError(f"{where}: message {i} must be {{'role': {'|'.join(map(repr, ROLES))}, 'content': str}}, got {m!r:.80}")
     turns = msgs[1:] if msgs[0]["role"] == "system" else msgs
     want = ["user", "assistant"] * (len(turns) // 2)
     if not turns or [m["role"] for m in turns] != want:
@@ -222,26 +221,10 @@ def format_chat(row:dict) -> str:
     tags = ", ".join(f"{k}={v}" for k, v in row.get("tags", {}).items() if k in ("style", "topics", "split"))
     return "\n".join([f"[{tags}]"] + [f"  {m['role']:>9}: {m['content']}" for m in row["messages"]])
 
-def chat_arguments(p:argparse.ArgumentParser) -> argparse.ArgumentParser:
-    "Add the options of `chatgpt-course data chat` to a parser (`cli_data` calls this for its `chat` subparser)."
-    p.add_argument("--n", type=int, default=1000, help="number of conversations")
-    p.add_argument("--out", required=True, help="output .jsonl file")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
-    p.add_argument("--split", choices=["train", "heldout"], default="train", help="train, or held-out items never seen in train")
-    p.add_argument("--show", type=int, default=0, metavar="K", help="print K sample conversations")
-    p.add_argument("--max-turns", type=int, default=3, help="user turns per conversation, at most")
-    p.add_argument("--no-augment", action="store_true", help="canonical question templates only")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    return p
-
-def run_chat(a:argparse.Namespace) -> int:
-    "Do `chatgpt-course data chat` with parsed options: write the conversations, print a summary and K samples."
-    out = guard_output(a.out, [], a.force)  # before any work: a refused output costs nothing
-    rows = make_chat_dataset(a.n, seed=a.seed, split=a.split, augment=not a.no_augment, max_turns=a.max_turns)
-    write_jsonl(rows, out)
-    turns = sum(len(r["tags"]["items"]) for r in rows)
-    topics = Counter(t for r in rows for t in r["tags"]["topics"]); styles = Counter(r["tags"]["style"] for r in rows)
-    print(f"wrote {len(rows):,} conversations ({turns:,} user turns; {a.split} split, seed {a.seed}) to {out}")
-    print("  topics: " + ", ".join(f"{k} {v:,}" for k, v in sorted(topics.items())) + " | styles: " + ", ".join(f"{k} {v:,}" for k, v in sorted(styles.items())))
-    for row in rows[:a.show]: print(format_chat(row))
-    return 0
+def chat_summary(rows:list[dict], # conversations from `make_chat_dataset`
+                ) -> dict:
+    "Counts of conversations, user turns, topics and styles (topics and styles sorted by name)."
+    topics = Counter(t for r in rows for t in r["tags"]["topics"])
+    styles = Counter(r["tags"]["style"] for r in rows)
+    return {"conversations": len(rows), "user turns": sum(len(r["tags"]["items"]) for r in rows),
+            "topics": dict(sorted(topics.items())), "styles": dict(sorted(styles.items()))}

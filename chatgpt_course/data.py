@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_data.ipynb #e6f0af78
 from __future__ import annotations
-import argparse, hashlib, json, os, re, unicodedata
+import re, unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -15,15 +15,16 @@ import numpy as np
 
 from .core import CourseError, data_path
 from .dedup import dedupe  # the de-duplication steps of `clean_corpus` (notebook 01b_dedup)
+from .files import (atomic_write, check_errors, decode_text, iter_jsonl, read_text, sha256_file,
+                                  write_jsonl)  # the course's one way to read and write files (notebook 00b_files)
 
 # %% auto #0
-__all__ = ['BUNDLED_SHA256', 'TEXT_SUFFIXES', 'SHARD_SUFFIXES', 'FINEWEB_EDU_SHARD', 'EMAIL_RE', 'PHONE_RE', 'EMAIL_TOKEN',
-           'PHONE_TOKEN', 'sha256_file', 'verify_bundled', 'read_text', 'split_paragraphs', 'shakespeare_documents',
-           'pydoc_documents', 'pydoc_corpus', 'iter_jsonl', 'read_jsonl', 'load_documents', 'stream_documents',
-           'batched', 'write_jsonl', 'download', 'corpus_stats', 'format_stats', 'plot_corpus', 'clean_text',
-           'scrub_pii', 'find_pii', 'CleanConfig', 'symbol_ratio', 'repeated_line_frac', 'quality_issue', 'CleanStep',
-           'CleanReport', 'clean_corpus', 'plot_clean_report', 'split_train_val', 'guard_output', 'write_documents',
-           'cli_data']
+__all__ = ['BUNDLED_SHA256', 'TEXT_SUFFIXES', 'SHARD_SUFFIXES', 'FINEWEB_EDU_SHARD', 'NORMAL_FORMS', 'EMAIL_RE', 'PHONE_RE',
+           'EMAIL_TOKEN', 'PHONE_TOKEN', 'verify_bundled', 'split_paragraphs', 'shakespeare_documents',
+           'pydoc_documents', 'pydoc_corpus', 'load_documents', 'stream_documents', 'batched', 'write_documents',
+           'download', 'corpus_stats', 'format_stats', 'plot_corpus', 'clean_text', 'scrub_pii', 'find_pii',
+           'CleanConfig', 'symbol_ratio', 'repeated_line_frac', 'quality_issue', 'CleanStep', 'CleanReport',
+           'clean_corpus', 'plot_clean_report', 'split_train_val']
 
 # %% ../nbs/01a_data.ipynb #e3525ee7
 BUNDLED_SHA256 = {  # file in data/: its SHA-256, as recorded in data/README.md
@@ -31,13 +32,6 @@ BUNDLED_SHA256 = {  # file in data/: its SHA-256, as recorded in data/README.md
     "gpt2.tiktoken": "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
     "gpt2.tiktoken.LICENSE": "b5d65a59060e68c4ff940e1eddfa6f94b2d68fdf58ed7f4dd57721c997e35e9d",
 }
-
-def sha256_file(path:str|Path) -> str:
-    "The SHA-256 of a file, read in 1 MiB blocks."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
 
 def verify_bundled(folder:str|Path|None=None, # the bundled data folder; None finds it with `core.data_path`
                   ) -> dict[str, str]:
@@ -50,34 +44,6 @@ def verify_bundled(folder:str|Path|None=None, # the bundled data folder; None fi
         found[name] = got = sha256_file(p)
         if got != want: raise CourseError(f"bundled file {str(p)!r} has SHA-256 {got}, expected {want} (see data/README.md)")
     return found
-
-# %% ../nbs/01a_data.ipynb #995dceff
-_ERRORS = ("strict", "replace")
-
-def _check_errors(errors):
-    if errors not in _ERRORS: raise CourseError(f"errors={errors!r} is not a decoding policy; expected 'strict' or 'replace'")
-
-def _decode(data:bytes, where:str, errors:str) -> str:
-    "UTF-8 bytes to text under the decoding policy; a CourseError naming `where` for binary or non-UTF-8 bytes."
-    nul = data.find(b"\x00")
-    if nul >= 0: raise CourseError(f"{where} contains a NUL byte at offset {nul}: it looks like a binary file, expected UTF-8 text")
-    try: return data.decode("utf-8", errors)
-    except UnicodeDecodeError as e:
-        raise CourseError(f"{where} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                          "re-encode it as UTF-8 or use errors='replace' (--errors replace)") from None
-
-def read_text(path:str|Path, # a UTF-8 text file
-              errors:str="strict", # "strict": refuse bytes that are not UTF-8; "replace": substitute U+FFFD
-             ) -> str:
-    "One text file as a string; a one-line CourseError for a missing, directory, empty, binary or non-UTF-8 file."
-    _check_errors(errors)
-    p = Path(path)
-    if not p.exists(): raise CourseError(f"{str(p)!r} does not exist")
-    if p.is_dir(): raise CourseError(f"{str(p)!r} is a directory, expected a text file")
-    try: data = p.read_bytes()
-    except OSError as e: raise CourseError(f"{str(p)!r} cannot be read: {e.strerror}") from None
-    if not data: raise CourseError(f"{str(p)!r} is empty, expected UTF-8 text")
-    return _decode(data, repr(str(p)), errors).removeprefix("\ufeff")
 
 # %% ../nbs/01a_data.ipynb #38f6eb33
 def split_paragraphs(text:str) -> list[str]:
@@ -111,37 +77,13 @@ def _row_text(row, field, where):
     if not isinstance(row[field], str): raise CourseError(f"{where}: field {field!r} is {type(row[field]).__name__}, expected a string")
     return row[field]
 
-def iter_jsonl(path:str|Path, # a JSONL file: one JSON value per line
-               errors:str="strict", # decoding policy, as in `read_text`
-              ) -> Iterator:
-    "The rows of a JSONL file one at a time (blank lines skipped); a CourseError names the file and line of a bad row."
-    _check_errors(errors)
-    p = Path(path)
-    if not p.is_file() or p.stat().st_size == 0: read_text(p)  # the one-line error for a missing, directory or empty file
-    with open(p, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            where = f"{str(p)!r} line {n}"
-            line = _decode(raw, where, errors).removeprefix("\ufeff")
-            if not line.strip(): continue
-            try: yield json.loads(line)
-            except json.JSONDecodeError as e: raise CourseError(f"{where} is not valid JSON: {e.msg} (column {e.colno})") from None
-
-def read_jsonl(path:str|Path, errors:str="strict") -> list:
-    "All rows of a JSONL file."
-    return list(iter_jsonl(path, errors))
-
-def _resolve_unit(path:Path, unit:str) -> str:
-    if unit not in ("auto", "paragraph", "file"): raise CourseError(f"unit={unit!r}; expected 'auto', 'paragraph' or 'file'")
-    return ("file" if path.is_dir() else "paragraph") if unit == "auto" else unit
-
 def load_documents(path:str|Path, # a text file, a JSONL/parquet file, or a folder of them
                    unit:str="auto", # text files: "paragraph" or "file"; "auto": paragraphs of a single file, whole files in a folder
                    text_field:str="text", # the field of JSONL/parquet rows that holds the text
                    errors:str="strict", # decoding policy, as in `read_text`
                   ) -> list[str]:
-    "Every document under `path` as a list (`stream_documents` yields the same ones without holding them)."
-    path = Path(path)
-    return list(stream_documents(path, text_field=text_field, errors=errors, unit=_resolve_unit(path, unit)))
+    "Every document under `path` as a list (`stream_documents`, below, yields the same ones without holding them)."
+    return list(stream_documents(path, text_field=text_field, errors=errors, unit=unit))
 
 # %% ../nbs/01a_data.ipynb #729822d8
 def _shard_files(folder:Path, suffixes=SHARD_SUFFIXES) -> list[Path]:
@@ -160,7 +102,7 @@ def _stream_text_shard(p:Path, errors:str) -> Iterator[str]:
     buf = []
     with open(p, "rb") as f:
         for n, raw in enumerate(f, 1):
-            line = _decode(raw, f"{str(p)!r} line {n}", errors)
+            line = decode_text(raw, f"{str(p)!r} line {n}", errors)
             if n == 1: line = line.removeprefix("\ufeff")
             if line.strip(): buf.append(line)
             elif buf: yield "".join(buf).strip("\n"); buf = []
@@ -179,16 +121,19 @@ def stream_documents(source:str|Path|Iterable, # a shard file, a folder of shard
                      text_field:str="text", # the field/column of JSONL and parquet rows that holds the text
                      errors:str="strict", # decoding policy for text and JSONL shards
                      batch_rows:int=1024, # parquet rows decoded at a time: the memory bound
-                     unit:str="paragraph", # text shards: a document per paragraph (read line by line) or per whole "file"
+                     unit:str="paragraph", # text shards: a document per "paragraph" (read line by line) or per whole "file";
+                                           # "auto": paragraphs of a single file, whole files in a folder
                     ) -> Iterator[str]:
     "Yield the documents of a sharded corpus one at a time, never holding more than one batch in memory."
-    _check_errors(errors)
-    if unit not in ("paragraph", "file"): raise CourseError(f"unit={unit!r}; expected 'paragraph' or 'file'")
+    check_errors(errors)
+    if unit not in ("auto", "paragraph", "file"): raise CourseError(f"unit={unit!r}; expected 'auto', 'paragraph' or 'file'")
     if isinstance(source, (str, Path)):
         source = Path(source)
         if not source.exists(): raise CourseError(f"{str(source)!r} does not exist")
         files = _shard_files(source) if source.is_dir() else [source]
+        if unit == "auto": unit = "file" if source.is_dir() else "paragraph"
     else: files = [Path(s) for s in source]
+    if unit == "auto": unit = "paragraph"
     for p in files:
         if not p.exists(): raise CourseError(f"{str(p)!r} does not exist")
         if p.is_dir(): raise CourseError(f"{str(p)!r} is a directory, expected a shard file")
@@ -210,34 +155,13 @@ def batched(docs:Iterable[str], n:int) -> Iterator[list[str]]:
     if buf: yield buf
 
 # %% ../nbs/01a_data.ipynb #d03ccabe
-def _refuse_bundled(out:Path):
-    "Nothing is ever written inside the bundled data folder."
-    try: bundled = data_path().resolve()
-    except CourseError: return
-    r = out.resolve()
-    if r == bundled or bundled in r.parents:
-        raise CourseError(f"refusing to write {str(out)!r}: it is inside the bundled data folder {str(bundled)!r}, "
-                          "which is read-only; write under runs/ or another folder")
-
-def _atomic_write(out:Path, write_fn):
-    "Write through a temporary file and rename it, so a crash never leaves half a file under the final name."
-    _refuse_bundled(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(out.name + ".part")
-    try:
-        with open(part, "wb") as f: write_fn(f)
-        os.replace(part, out)
-    finally: part.unlink(missing_ok=True)
-
-def write_jsonl(rows:Iterable, # JSON-serialisable rows
-                path:str|Path, # the output file (never inside data/); written atomically
-               ) -> Path:
-    "Write rows as JSON Lines (UTF-8, one object per line)."
+def write_documents(docs:list[str], # the documents
+                    path:str|Path, # `.jsonl`: {"text": ...} rows; any other name: text, a blank line between documents
+                   ) -> Path:
+    "Write documents, atomically and never inside data/, in a form `load_documents` reads back."
     path = Path(path)
-    def write(f):
-        for r in rows: f.write((json.dumps(r, ensure_ascii=False) + "\n").encode())
-    _atomic_write(path, write)
-    return path
+    if path.suffix == ".jsonl": return write_jsonl(({"text": d} for d in docs), path)
+    return atomic_write(path, "\n\n".join(docs) + "\n")
 
 # %% ../nbs/01a_data.ipynb #ef5f3784
 FINEWEB_EDU_SHARD = "https://huggingface.co/datasets/HuggingFaceFW/fineweb-edu/resolve/main/sample/10BT/000_00000.parquet"
@@ -250,7 +174,7 @@ def download(url:str, # e.g. FINEWEB_EDU_SHARD; needs a network for http(s)
     dest = Path(dest)
     def fetch(f):
         with urllib.request.urlopen(url) as r: shutil.copyfileobj(r, f, 1 << 20)
-    try: _atomic_write(dest, fetch)
+    try: atomic_write(dest, fetch)
     except OSError as e: raise CourseError(f"could not download {url!r}: {e}") from None
     return dest
 
@@ -293,7 +217,7 @@ def plot_corpus(corpora:dict[str, list[str]], # name: documents
     return fig
 
 # %% ../nbs/01a_data.ipynb #d6c164e8
-_NORMAL_FORMS = ("NFC", "NFKC", "NFD", "NFKD")
+NORMAL_FORMS = ("NFC", "NFKC", "NFD", "NFKD")  # the four Unicode normal forms `clean_text` accepts
 _NEWLINES = {ord(c): "\n" for c in "\r\x0b\x0c\x85\u2028\u2029"}
 _INVISIBLE = {ord(c): None for c in "\u200b\u2060\ufeff\u00ad"}  # zero-width space, word joiner, BOM, soft hyphen
 _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]")  # Cc except \t \n (and those mapped to \n)
@@ -305,7 +229,7 @@ def clean_text(text:str, # one document
                form:str="NFC", # Unicode normal form: "NFC" (safe) or "NFKC" (also folds look-alike variants)
               ) -> str:
     "Normalise one document: Unicode form, no control or invisible characters, tidy whitespace."
-    if form not in _NORMAL_FORMS: raise CourseError(f"form={form!r} is not a Unicode normal form; expected one of {_NORMAL_FORMS}")
+    if form not in NORMAL_FORMS: raise CourseError(f"form={form!r} is not a Unicode normal form; expected one of {NORMAL_FORMS}")
     text = text.replace("\r\n", "\n").translate(_NEWLINES)
     text = unicodedata.normalize(form, text).translate(_INVISIBLE)
     text = _CONTROL.sub("", text)
@@ -466,105 +390,3 @@ def split_train_val(docs:list[str], # the documents (de-duplicate first, so copi
     if val_fraction > 0 and n >= 2: n_val = min(max(n_val, 1), n - 1)  # both sides non-empty when possible
     val_idx = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
     return [d for i, d in enumerate(docs) if i not in val_idx], [d for i, d in enumerate(docs) if i in val_idx]
-
-# %% ../nbs/01a_data.ipynb #1574693c
-def guard_output(out:str|Path, # the output file a command is about to write
-                 inputs=(), # the command's input files or folders: never overwritten, never written into
-                 force:bool=False, # whether an existing output may be replaced
-                ) -> Path:
-    "Check that OUT may be written: not in data/, not an input, not a folder, not existing unless forced."
-    out = Path(out)
-    _refuse_bundled(out)
-    r = out.resolve()
-    for inp in inputs:
-        ri = Path(inp).resolve()
-        if r == ri: raise CourseError(f"refusing to overwrite the input {str(inp)!r}; name a different output file")
-        if ri.is_dir() and ri in r.parents:
-            raise CourseError(f"refusing to write {str(out)!r} inside the input folder {str(inp)!r}; it would be read as input next time")
-    if r.is_dir(): raise CourseError(f"{str(out)!r} is a directory; expected an output file path")
-    if r.exists() and not force: raise CourseError(f"{str(out)!r} already exists; pass --force to overwrite it")
-    return out
-
-def write_documents(docs:list[str], path:str|Path) -> Path:
-    "Write documents: `.jsonl` as {'text': ...} rows, anything else as text with a blank line between documents."
-    path = Path(path)
-    if path.suffix == ".jsonl": return write_jsonl(({"text": d} for d in docs), path)
-    _atomic_write(path, lambda f: f.write(("\n\n".join(docs) + "\n").encode()))
-    return path
-
-def _save_figure(fig, path:Path):
-    import matplotlib.pyplot as plt
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)  # a command line draws no windows
-    print(f"wrote {path}")
-
-def _cmd_clean(a) -> int:
-    out = guard_output(a.out, [a.input], a.force)
-    plot = guard_output(a.plot, [a.input, a.out], a.force) if a.plot else None  # checked before any work is done
-    docs = load_documents(a.input, unit=a.unit, text_field=a.text_field, errors=a.errors)
-    if not docs: raise CourseError(f"{a.input!r} contains no documents (only whitespace)")
-    cfg = CleanConfig(form=a.form, min_words=a.min_words, max_symbol_ratio=a.max_symbol_ratio,
-                      max_repeated_line_frac=a.max_repeated_lines, near_threshold=None if a.no_near else a.near_threshold,
-                      shingle=a.shingle, k=a.k, num_perm=a.num_perm, seed=a.seed, scrub=not a.no_scrub)
-    kept, rep = clean_corpus(docs, cfg)
-    if not kept: raise CourseError(f"every document of {a.input!r} was removed; loosen the filters (see --help)")
-    write_documents(kept, out)
-    print(f"read {len(docs):,} documents from {a.input}")
-    print(rep)
-    if a.stats:
-        print("corpus before cleaning:"); print(format_stats(corpus_stats(docs)))
-        print("corpus after cleaning:"); print(format_stats(corpus_stats(kept)))
-    if plot: _save_figure(plot_clean_report(rep, Path(a.input).name), plot)
-    print(f"wrote {len(kept):,} documents ({sum(map(len, kept)):,} characters) to {out}")
-    return 0
-
-def _cmd_stats(a) -> int:
-    p = Path(a.input)
-    plot = guard_output(a.plot, [a.input], a.force) if a.plot else None
-    docs = stream_documents(p, text_field=a.text_field, errors=a.errors, unit=_resolve_unit(p, a.unit))  # never the whole corpus
-    if a.plot: docs = list(docs)
-    stats = corpus_stats(docs)  # before printing anything: a bad input fails with its one-line error alone
-    print(f"{a.input}:"); print(format_stats(stats))
-    if plot: _save_figure(plot_corpus({p.name: docs}), plot)
-    return 0
-
-def _cmd_verify(a) -> int:
-    for name, digest in verify_bundled(a.folder).items(): print(f"  ok  {name}  {digest}")
-    return 0
-
-def cli_data(argv:list[str], prog:str="chatgpt-course data") -> int:
-    "`chatgpt-course data clean|stats|chat|verify`: the data stage from the command line."
-    from chatgpt_course.chat_data import chat_arguments, run_chat  # here: chat_data imports this module
-    ap = argparse.ArgumentParser(prog=prog, description="Collect, clean and inspect text; make synthetic chat data.")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{clean,stats,chat,verify}")
-    def reading(p):
-        p.add_argument("input", metavar="IN", help="a text/.md/.jsonl/.parquet file, or a folder of them (recursive)")
-        p.add_argument("--unit", choices=["auto", "paragraph", "file"], default="auto", help="text documents: paragraphs or whole files (auto: paragraphs of a file, whole files in a folder)")
-        p.add_argument("--text-field", default="text", help="field of JSONL/parquet rows that holds the text")
-        p.add_argument("--errors", choices=_ERRORS, default="strict", help="bytes that are not UTF-8: refuse (strict) or replace with U+FFFD")
-        p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    c = sub.add_parser("clean", help="normalise, filter, de-duplicate and scrub a corpus; write the kept documents")
-    reading(c)
-    c.add_argument("out", metavar="OUT", help="output file: .jsonl for {'text': ...} rows, else blank-line-separated text")
-    c.add_argument("--stats", action="store_true", help="also print corpus statistics before and after")
-    c.add_argument("--plot", metavar="PNG", help="write a bar chart of documents left after each step")
-    d = CleanConfig()
-    c.add_argument("--form", choices=_NORMAL_FORMS, default=d.form, help="Unicode normal form")
-    c.add_argument("--min-words", type=int, default=d.min_words, help="drop documents with fewer words")
-    c.add_argument("--max-symbol-ratio", type=float, default=d.max_symbol_ratio, help="drop documents with a larger share of symbols")
-    c.add_argument("--max-repeated-lines", type=float, default=d.max_repeated_line_frac, help="drop documents with a larger share of repeated lines")
-    c.add_argument("--near-threshold", type=float, default=d.near_threshold, help="near-duplicate Jaccard threshold")
-    c.add_argument("--no-near", action="store_true", help="skip near-duplicate removal")
-    c.add_argument("--shingle", choices=["char", "word"], default=d.shingle, help="MinHash shingle unit")
-    c.add_argument("--k", type=int, default=d.k, help="shingle length")
-    c.add_argument("--num-perm", type=int, default=d.num_perm, help="MinHash signature length")
-    c.add_argument("--seed", type=int, default=d.seed, help="MinHash seed")
-    c.add_argument("--no-scrub", action="store_true", help="keep e-mail addresses and phone numbers")
-    s = sub.add_parser("stats", help="print corpus statistics (documents, characters, unique characters, lines, words)")
-    reading(s)
-    s.add_argument("--plot", metavar="PNG", help="write document-length and character-frequency plots")
-    chat_arguments(sub.add_parser("chat", help="write synthetic multi-turn chat conversations as JSONL"))
-    v = sub.add_parser("verify", help="check the SHA-256 of the bundled data files")
-    v.add_argument("--folder", default=None, help="the bundled data folder (default: found automatically)")
-    a = ap.parse_args(argv)
-    return {"clean": _cmd_clean, "stats": _cmd_stats, "chat": run_chat, "verify": _cmd_verify}[a.cmd](a)

@@ -11,9 +11,9 @@ from typing import Callable, Iterable, Iterator
 from .core import CourseError, data_path
 
 # %% auto #0
-__all__ = ['ERRORS', 'refuse_bundled', 'fsync_path', 'atomic_replace', 'atomic_write', 'write_json', 'sha256_file',
-           'check_errors', 'decode_text', 'read_bytes', 'read_text', 'iter_jsonl', 'read_jsonl', 'write_jsonl',
-           'read_json']
+__all__ = ['ERRORS', 'refuse_bundled', 'guard_output', 'fsync_path', 'atomic_replace', 'atomic_write', 'write_json',
+           'sha256_file', 'check_errors', 'decode_text', 'read_bytes', 'read_text', 'iter_jsonl', 'read_jsonl',
+           'write_jsonl', 'read_json']
 
 # %% ../nbs/00b_files.ipynb #8b1ed097
 def refuse_bundled(path:str|Path, # a file or folder about to be written
@@ -27,6 +27,23 @@ def refuse_bundled(path:str|Path, # a file or folder about to be written
         raise CourseError(f"refusing to write {str(path)!r}: it is inside the bundled data folder {str(bundled)!r}, "
                           "which is read-only; write under runs/ or another folder")
     return path
+
+# %% ../nbs/00b_files.ipynb #3309da2d
+def guard_output(out:str|Path, # the output file a command is about to write
+                 inputs=(), # the command's input files or folders: never overwritten, never written into
+                 force:bool=False, # whether an existing output may be replaced
+                ) -> Path:
+    "Check that OUT may be written: not in data/, not an input, not a folder, not existing unless forced."
+    out = refuse_bundled(out)
+    r = out.resolve()
+    for inp in inputs:
+        ri = Path(inp).resolve()
+        if r == ri: raise CourseError(f"refusing to overwrite the input {str(inp)!r}; name a different output file")
+        if ri.is_dir() and ri in r.parents:
+            raise CourseError(f"refusing to write {str(out)!r} inside the input folder {str(inp)!r}; it would be read as input next time")
+    if r.is_dir(): raise CourseError(f"{str(out)!r} is a directory; expected an output file path")
+    if r.exists() and not force: raise CourseError(f"{str(out)!r} already exists; pass --force to overwrite it")
+    return out
 
 # %% ../nbs/00b_files.ipynb #5909a729
 def fsync_path(path:str|Path):

@@ -4,19 +4,24 @@
 
 # %% ../nbs/02_tokenization.ipynb #98fc795e
 from __future__ import annotations
-import os, sys, json, heapq, hashlib, base64, argparse, time, operator
+import sys, json, heapq, hashlib, base64, operator
+from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
 from functools import lru_cache
 from pathlib import Path
 
 import regex
+from typing import TYPE_CHECKING
+if TYPE_CHECKING: import tiktoken  # for the annotations only: tiktoken is imported where it is used
 
 from .core import CourseError, data_path
+from .files import atomic_write, read_text
+from .chat_data import ROLES  # the chat roles, defined once with the conversation format (notebook 01c_chat_data)
 
 # %% auto #0
-__all__ = ['EOT', 'GPT2_PATTERN', 'CHAT_TOKENS', 'SPECIAL_TOKENS', 'TOKENIZER_FILE', 'ROLES', 'CharTokenizer', 'get_pair_counts',
-           'merge_pair', 'train_merges', 'BPETokenizer', 'read_tiktoken_ranks', 'gpt2_encoding', 'merges_from_ranks',
-           'gpt2_tokenizer', 'render_chat', 'load_tokenizer', 'cli_tokenizer']
+__all__ = ['EOT', 'TOKENIZER_FILE', 'GPT2_PATTERN', 'ROLE_TOKENS', 'CHAT_TOKENS', 'SPECIAL_TOKENS', 'Tokenizer', 'CharTokenizer',
+           'get_pair_counts', 'merge_pair', 'train_merges', 'BPETokenizer', 'read_tiktoken_ranks', 'gpt2_encoding',
+           'merges_from_ranks', 'gpt2_tokenizer', 'render_chat', 'load_tokenizer']
 
 # %% ../nbs/02_tokenization.ipynb #dec1fb39
 EOT = "<|endoftext|>"  # ends a document; GPT-2's only special token (id 50256 there)
@@ -45,9 +50,120 @@ def _allowed(allowed_special, special_tokens:dict) -> set:
     if unknown: raise CourseError(f"allowed_special names {sorted(unknown)}, which are not special tokens of this tokenizer ({sorted(special_tokens)})")
     return allowed
 
+# %% ../nbs/02_tokenization.ipynb #7080f74f
+TOKENIZER_FILE = "tokenizer.json"
+
+def _checksum(payload:dict) -> str:
+    body = {k: v for k, v in payload.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+
+def _write_tokenizer_file(dir, payload:dict) -> Path:
+    "Write `payload` plus its checksum to `dir/tokenizer.json`, one merge per line, atomically."
+    dir = Path(dir)
+    payload = {**payload, "sha256": _checksum(payload)}
+    merges = payload.pop("merges", None)
+    text = json.dumps(payload, indent=1, ensure_ascii=False)
+    if merges is not None:
+        body = ",\n".join("  " + json.dumps(m, ensure_ascii=False) for m in merges)
+        text = text[:-2] + f',\n "merges": [\n{body}\n ]\n}}'
+    return atomic_write(dir / TOKENIZER_FILE, text + "\n")  # a crash leaves the old file or the new one
+
+def _read_tokenizer_file(path) -> dict:
+    "The checked contents of a tokenizer file (or of `path/tokenizer.json`)."
+    path = Path(path)
+    if path.is_dir(): path = path / TOKENIZER_FILE
+    if not path.is_file(): raise CourseError(f"no tokenizer file at {str(path)!r} (expected a directory written by save())")
+    try: payload = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CourseError(f"tokenizer file {str(path)!r} is not valid JSON, so it is truncated or corrupt ({e})") from None
+    if not isinstance(payload, dict) or not str(payload.get("format", "")).startswith("chatgpt-course/"):
+        raise CourseError(f"tokenizer file {str(path)!r} is not a chatgpt-course tokenizer (no 'format' field)")
+    if payload.get("version") != 1:
+        raise CourseError(f"tokenizer file {str(path)!r} has version {payload.get('version')!r}; this code reads version 1")
+    if payload.get("sha256") != _checksum(payload):
+        raise CourseError(f"tokenizer file {str(path)!r} fails its checksum (stored {payload.get('sha256')!r}): it is corrupt or was edited")
+    return payload
+
+# %% ../nbs/02_tokenization.ipynb #635f7721
+_FORMATS = {}  # the "format" field of tokenizer.json -> the Tokenizer subclass that reads it
+
+class Tokenizer(ABC):
+    "Text <-> ids with special tokens, saved as a checksummed file: a subclass supplies the vocabulary, this class the rest."
+    format = ""  # the "format" field of its tokenizer.json; "" for a tokenizer that is not saved
+    kind = ""    # names the kind in messages, e.g. "BPE"
+    special_tokens: dict[str, int]  # special-token string -> id (after the ordinary vocabulary)
+    name: str
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.format: _FORMATS[cls.format] = cls
+
+    @property
+    @abstractmethod
+    def n_vocab(self) -> int: "The number of ids: 0 .. n_vocab-1."
+    @abstractmethod
+    def encode_ordinary(self, text:str) -> list[int]: "The ids of `text`, special-token strings included as plain text."
+    @abstractmethod
+    def decode_bytes(self, ids) -> bytes: "The bytes of `ids`."
+    @abstractmethod
+    def _fields(self) -> dict: "What `save` stores besides the format, version and name."
+    @classmethod
+    @abstractmethod
+    def _from_fields(cls, p:dict) -> Tokenizer: "The tokenizer that a saved file's fields describe."
+
+    @property
+    def eot_id(self) -> int:
+        "The id of <|endoftext|>, which separates documents."
+        if EOT not in self.special_tokens: raise CourseError(f"tokenizer {self.name!r} has no {EOT} token")
+        return self.special_tokens[EOT]
+
+    def _check_ids(self, ids) -> list[int]: return _check_ids(ids, self.n_vocab)
+    def _encode_piece(self, piece:str, start:int) -> list[int]: return self.encode_ordinary(piece)  # start: its offset in the text
+
+    def encode(self, text:str, allowed_special=()) -> list[int]:
+        "Ids of `text`; special-token strings are plain text unless named in `allowed_special` (or 'all')."
+        allowed = _allowed(allowed_special, self.special_tokens)
+        if not allowed: return self.encode_ordinary(text)
+        ids, start = [], 0
+        for piece in _special_splitter(allowed).split(text):
+            if piece in allowed: ids.append(self.special_tokens[piece])
+            elif piece: ids += self._encode_piece(piece, start)
+            start += len(piece)
+        return ids
+
+    def encode_fast(self, text:str, allowed_special=()) -> list[int]:
+        "The same ids as `encode` (a subclass may compute them faster)."
+        return self.encode(text, allowed_special)
+
+    def decode(self, ids) -> str:
+        "The text of `ids`; bytes that are not valid UTF-8 (a cut-off character) become U+FFFD."
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def save(self, dir) -> Path:
+        "Write `dir/tokenizer.json` (atomically, with its checksum)."
+        return _write_tokenizer_file(dir, {"format": self.format, "version": 1, "name": self.name, **self._fields()})
+
+    @classmethod
+    def load(cls, path) -> Tokenizer:
+        "The tokenizer `save` wrote to `path` (a directory or its tokenizer.json), checked against its checksum."
+        p = _read_tokenizer_file(path)
+        sub = _FORMATS.get(p["format"])
+        if sub is None: raise CourseError(f"tokenizer file {str(path)!r} has the format {p['format']!r}; this code reads {sorted(_FORMATS)}")
+        if not issubclass(sub, cls): raise CourseError(f"{str(path)!r} holds a {p['format']!r} tokenizer, not a {cls.kind} one")
+        try: tok = sub._from_fields(p)
+        except (KeyError, TypeError, ValueError, regex.error) as e:
+            raise CourseError(f"tokenizer file {str(path)!r} is malformed ({type(e).__name__}: {e})") from None
+        if tok.special_tokens != p.get("special_tokens") or tok.n_vocab != p.get("n_vocab", tok.n_vocab):
+            raise CourseError(f"tokenizer file {str(path)!r} is inconsistent: its special-token ids do not follow its vocabulary")
+        return tok
+
+    def __repr__(self): return f"{type(self).__name__}(name={self.name!r}, n_vocab={self.n_vocab})"
+
 # %% ../nbs/02_tokenization.ipynb #c873a616
-class CharTokenizer:
+class CharTokenizer(Tokenizer):
     "One token per character: ids 0..n-1 are the sorted characters seen in training, then the special tokens."
+    format, kind = "chatgpt-course/char", "character"
+
     def __init__(self, chars:str, # the vocabulary's characters (sorted and de-duplicated here)
                  special_tokens=(EOT,), # special-token strings, given ids after the characters
                  name:str="char"):
@@ -65,48 +181,25 @@ class CharTokenizer:
 
     @property
     def n_vocab(self) -> int: return len(self.itos)
-    @property
-    def eot_id(self) -> int:
-        if EOT not in self.special_tokens: raise CourseError(f"tokenizer {self.name!r} has no {EOT} token")
-        return self.special_tokens[EOT]
 
-    def _encode_plain(self, text:str, offset:int=0) -> list[int]:
+    def _encode_piece(self, text:str, start:int) -> list[int]:
         try: return [self.stoi[c] for c in text]
         except KeyError:
             k = next(k for k, c in enumerate(text) if c not in self.stoi)
-            raise CourseError(f"character {text[k]!r} (U+{ord(text[k]):04X}) at position {offset+k} is not in the "
+            raise CourseError(f"character {text[k]!r} (U+{ord(text[k]):04X}) at position {start+k} is not in the "
                               f"{len(self.chars)}-character vocabulary of tokenizer {self.name!r}") from None
 
-    def encode(self, text:str, allowed_special=()) -> list[int]:
-        "Ids of `text`; special-token strings count as plain text unless named in `allowed_special` (or 'all')."
-        allowed = _allowed(allowed_special, self.special_tokens)
-        if not allowed: return self._encode_plain(text)
-        ids, pos = [], 0
-        for piece in _special_splitter(allowed).split(text):
-            ids += [self.special_tokens[piece]] if piece in allowed else self._encode_plain(piece, pos)
-            pos += len(piece)
-        return ids
-    encode_fast = encode  # already as fast as it gets in Python
+    def encode_ordinary(self, text:str) -> list[int]:
+        "One id per character of `text`; a CourseError names the first character outside the vocabulary."
+        return self._encode_piece(text, 0)
 
-    def decode(self, ids) -> str:
-        "The text of `ids`."
-        return "".join(self.itos[i] for i in _check_ids(ids, self.n_vocab))
+    def decode_bytes(self, ids) -> bytes:
+        "The UTF-8 bytes of the characters of `ids`."
+        return "".join(self.itos[i] for i in self._check_ids(ids)).encode("utf-8", errors="surrogatepass")
 
-    def save(self, dir) -> Path:
-        "Write `tokenizer.json` into `dir` (the checked file format of `BPETokenizer.save`, below)."
-        return _write_tokenizer_file(dir, {"format": "chatgpt-course/char", "version": 1, "name": self.name,
-                                           "chars": self.chars, "special_tokens": self.special_tokens})
-
+    def _fields(self) -> dict: return {"chars": self.chars, "special_tokens": self.special_tokens}
     @classmethod
-    def load(cls, path) -> CharTokenizer:
-        "A character tokenizer written by `save`."
-        p = _read_tokenizer_file(path)
-        if p["format"] != "chatgpt-course/char": raise CourseError(f"{str(path)!r} holds a {p['format']!r} tokenizer, not a character one")
-        tok = cls(p["chars"], list(p["special_tokens"]), p["name"])
-        if tok.special_tokens != p["special_tokens"]: raise CourseError(f"tokenizer file {str(path)!r} is inconsistent: its special-token ids do not follow its characters")
-        return tok
-
-    def __repr__(self): return f"CharTokenizer(name={self.name!r}, n_vocab={self.n_vocab})"
+    def _from_fields(cls, p:dict) -> CharTokenizer: return cls(p["chars"], list(p["special_tokens"]), p["name"])
 
 # %% ../nbs/02_tokenization.ipynb #889bf317
 def get_pair_counts(ids:list[int], counts:dict|None=None) -> dict:
@@ -143,7 +236,6 @@ def _rank_split(ranks:dict, token:bytes, max_rank:int|None=None) -> list[bytes]:
 def train_merges(chunk_counts:dict, # distinct chunk -> how often it occurs
                  n_merges:int, # merges to learn (fewer if the chunks run out of pairs)
                  progress:bool=False, # show a tqdm bar on stderr
-                 verbose:bool=False, # print each merge
                 ) -> list[tuple[int,int]]:
     "Byte-level BPE merges, in rank order: most frequent pair first, ties to the smallest pair."
     words = [list(c.encode("utf-8")) for c in chunk_counts]
@@ -169,7 +261,6 @@ def train_merges(chunk_counts:dict, # distinct chunk -> how often it occurs
             skipped.add(pair); continue  # tiktoken would not rebuild this merge: never learn it
         new_id = len(vocab)
         merges.append(pair); vocab.append(token); ranks[token] = new_id
-        if verbose: print(f"merge {len(merges)}: {vocab[a]!r} + {vocab[b]!r} -> {token!r} ({-neg:,} times)")
         changed = set()
         for i in where.pop(pair):
             w, f = words[i], freqs[i]
@@ -185,48 +276,15 @@ def train_merges(chunk_counts:dict, # distinct chunk -> how often it occurs
     return merges
 
 # %% ../nbs/02_tokenization.ipynb #c7646acc
-CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")  # role tags and end of a message
+ROLE_TOKENS = {role: f"<|{role}|>" for role in ROLES}  # the tag that opens a message of each role
+CHAT_TOKENS = (*ROLE_TOKENS.values(), "<|end|>")  # role tags and end of a message
 SPECIAL_TOKENS = (EOT,) + CHAT_TOKENS
-TOKENIZER_FILE = "tokenizer.json"
-
-def _checksum(payload:dict) -> str:
-    body = {k: v for k, v in payload.items() if k != "sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
-
-def _write_tokenizer_file(dir, payload:dict) -> Path:
-    "Write `payload` plus its checksum to `dir/tokenizer.json`, one merge per line, atomically."
-    dir = Path(dir); dir.mkdir(parents=True, exist_ok=True)
-    payload = {**payload, "sha256": _checksum(payload)}
-    merges = payload.pop("merges", None)
-    text = json.dumps(payload, indent=1, ensure_ascii=False)
-    if merges is not None:
-        body = ",\n".join("  " + json.dumps(m, ensure_ascii=False) for m in merges)
-        text = text[:-2] + f',\n "merges": [\n{body}\n ]\n}}'
-    path = dir / TOKENIZER_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-def _read_tokenizer_file(path) -> dict:
-    "The checked contents of a tokenizer file (or of `path/tokenizer.json`)."
-    path = Path(path)
-    if path.is_dir(): path = path / TOKENIZER_FILE
-    if not path.is_file(): raise CourseError(f"no tokenizer file at {str(path)!r} (expected a directory written by save())")
-    try: payload = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CourseError(f"tokenizer file {str(path)!r} is not valid JSON, so it is truncated or corrupt ({e})") from None
-    if not isinstance(payload, dict) or not str(payload.get("format", "")).startswith("chatgpt-course/"):
-        raise CourseError(f"tokenizer file {str(path)!r} is not a chatgpt-course tokenizer (no 'format' field)")
-    if payload.get("version") != 1:
-        raise CourseError(f"tokenizer file {str(path)!r} has version {payload.get('version')!r}; this code reads version 1")
-    if payload.get("sha256") != _checksum(payload):
-        raise CourseError(f"tokenizer file {str(path)!r} fails its checksum (stored {payload.get('sha256')!r}): it is corrupt or was edited")
-    return payload
 
 # %% ../nbs/02_tokenization.ipynb #7f269f91
-class BPETokenizer:
+class BPETokenizer(Tokenizer):
     "Byte-level BPE with a pre-tokenization pattern and special tokens (GPT-2's design), trainable from scratch."
+    format, kind = "chatgpt-course/bpe", "BPE"
+
     def __init__(self, merges:list[tuple[int,int]], # merge k makes token id 256+k from this pair of ids
                  pattern:str=GPT2_PATTERN, # the pre-tokenization regex
                  special_tokens=SPECIAL_TOKENS, # special-token strings: ids after the merges, in this order
@@ -255,16 +313,11 @@ class BPETokenizer:
     def n_vocab(self) -> int: return len(self.vocab)
     @property
     def n_merges(self) -> int: return len(self.merges)
-    @property
-    def eot_id(self) -> int:
-        if EOT not in self.special_tokens: raise CourseError(f"tokenizer {self.name!r} has no {EOT} token")
-        return self.special_tokens[EOT]
 
     @classmethod
     def train(cls, text:str, # the training text
               vocab_size:int, # bytes + merges + special tokens
               special_tokens=SPECIAL_TOKENS, pattern:str=GPT2_PATTERN, name:str|None=None,
-              verbose:bool=False, # print each merge
               progress:bool=False, # tqdm bar on stderr
              ) -> BPETokenizer:
         "Learn `vocab_size - 256 - len(special_tokens)` merges from `text` (fewer if it runs out of pairs)."
@@ -278,7 +331,7 @@ class BPETokenizer:
         chunker = regex.compile(pattern)
         chunk_counts = Counter(c for p in pieces if p not in special_tokens for c in chunker.findall(p))
         if not chunk_counts: raise CourseError("cannot train a tokenizer on empty text")
-        merges = train_merges(chunk_counts, vocab_size - 256 - len(special_tokens), progress=progress, verbose=verbose)
+        merges = train_merges(chunk_counts, vocab_size - 256 - len(special_tokens), progress=progress)
         return cls(merges, pattern, special_tokens, name)
 
     def _bpe(self, chunk:bytes) -> list[int]:
@@ -303,23 +356,9 @@ class BPETokenizer:
             return self.encode_ordinary(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
         return out
 
-    def encode(self, text:str, allowed_special=()) -> list[int]:
-        "Ids of `text`; special-token strings are plain text unless named in `allowed_special` (or 'all')."
-        allowed = _allowed(allowed_special, self.special_tokens)
-        if not allowed: return self.encode_ordinary(text)
-        ids = []
-        for piece in _special_splitter(allowed).split(text):
-            if piece in allowed: ids.append(self.special_tokens[piece])
-            elif piece: ids += self.encode_ordinary(piece)
-        return ids
-
     def decode_bytes(self, ids) -> bytes:
         "The bytes of `ids`."
-        return b"".join(self.vocab[i] for i in _check_ids(ids, self.n_vocab))
-
-    def decode(self, ids) -> str:
-        "The text of `ids`; bytes that are not valid UTF-8 (a cut-off character) become U+FFFD."
-        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+        return b"".join(self.vocab[i] for i in self._check_ids(ids))
 
     def to_tiktoken(self) -> "tiktoken.Encoding":
         "This tokenizer as a `tiktoken.Encoding` (same ids, Rust speed): ranks are the merge ids."
@@ -339,28 +378,16 @@ class BPETokenizer:
         return self.to_tiktoken().encode_batch(texts, num_threads=num_threads, disallowed_special=(),
                                                allowed_special=_allowed(allowed_special, self.special_tokens))
 
-    def save(self, dir) -> Path:
-        "Write `dir/tokenizer.json`: pattern, special tokens, one merge per line with its bytes shown."
+    def _fields(self) -> dict:
+        "Pattern, special tokens, then one merge per line with the bytes it makes shown."
         merges = [[a, b, self.vocab[i].decode("utf-8", errors="backslashreplace")] for (a, b), i in self.merges.items()]
-        payload = {"format": "chatgpt-course/bpe", "version": 1, "name": self.name, "pattern": self.pattern,
-                   "special_tokens": self.special_tokens, "n_vocab": self.n_vocab}
-        if self.byte_ids != list(range(256)): payload["byte_ids"] = self.byte_ids
-        return _write_tokenizer_file(dir, {**payload, "merges": merges})
+        fields = {"pattern": self.pattern, "special_tokens": self.special_tokens, "n_vocab": self.n_vocab}
+        if self.byte_ids != list(range(256)): fields["byte_ids"] = self.byte_ids
+        return {**fields, "merges": merges}
 
     @classmethod
-    def load(cls, path) -> BPETokenizer:
-        "A tokenizer written by `save` (a directory or its tokenizer.json), checked against its checksum."
-        p = _read_tokenizer_file(path)
-        if p["format"] != "chatgpt-course/bpe": raise CourseError(f"{str(path)!r} holds a {p['format']!r} tokenizer, not a BPE one")
-        try:
-            tok = cls([m[:2] for m in p["merges"]], p["pattern"], list(p["special_tokens"]), p["name"], p.get("byte_ids"))
-        except (KeyError, TypeError, ValueError, regex.error) as e:
-            raise CourseError(f"tokenizer file {str(path)!r} is malformed ({type(e).__name__}: {e})") from None
-        if tok.special_tokens != p["special_tokens"] or tok.n_vocab != p["n_vocab"]:
-            raise CourseError(f"tokenizer file {str(path)!r} is inconsistent: its special-token ids do not follow its merges")
-        return tok
-
-    def __repr__(self): return f"BPETokenizer(name={self.name!r}, n_vocab={self.n_vocab}, merges={self.n_merges})"
+    def _from_fields(cls, p:dict) -> BPETokenizer:
+        return cls([m[:2] for m in p["merges"]], p["pattern"], list(p["special_tokens"]), p["name"], p.get("byte_ids"))
 
 # %% ../nbs/02_tokenization.ipynb #1d68420e
 def read_tiktoken_ranks(path) -> dict[bytes, int]:
@@ -408,9 +435,7 @@ def gpt2_tokenizer(chat:bool=False, # add the chat tokens at ids 50257..50260
     return tok
 
 # %% ../nbs/02_tokenization.ipynb #d2b7ff91
-ROLES = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
-
-def render_chat(tokenizer, # a tokenizer with the chat special tokens (BPETokenizer, gpt2_tokenizer(chat=True))
+def render_chat(tokenizer:Tokenizer, # one with the chat special tokens (a trained BPETokenizer, gpt2_tokenizer(chat=True))
                 messages:list[dict], # [{"role": "system"|"user"|"assistant", "content": str}, ...]
                 add_generation_prompt:bool=False, # end with <|assistant|> for the model to continue
                ) -> tuple[list[int], list[int]]:
@@ -420,14 +445,14 @@ def render_chat(tokenizer, # a tokenizer with the chat special tokens (BPETokeni
                                   f"SPECIAL_TOKENS, or gpt2_tokenizer(chat=True)")
     if not isinstance(messages, (list, tuple)) or not messages: raise CourseError(f"messages must be a non-empty list of dicts, got {messages!r:.80}")
     sp = tokenizer.special_tokens
-    encode = getattr(tokenizer, "encode_fast", tokenizer.encode)  # same ids as encode, faster; specials stay plain text
+    encode = tokenizer.encode_fast  # the same ids as encode, faster; special-token strings stay plain text
     ids, mask = [sp[EOT]], [0]
     for k, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise CourseError(f"message {k} must be {{'role': 'system'|'user'|'assistant', 'content': str}}, got {m!r:.80}")
+            raise CourseError(f"message {k} must be {{'role': {'|'.join(map(repr, ROLES))}, 'content': str}}, got {m!r:.80}")
         body = encode(m["content"]) + [sp["<|end|>"]]
         learn = int(m["role"] == "assistant")
-        ids += [sp[ROLES[m["role"]]]] + body
+        ids += [sp[ROLE_TOKENS[m["role"]]]] + body
         mask += [0] + [learn] * len(body)
     if add_generation_prompt:
         if messages[-1]["role"] == "assistant": raise CourseError("add_generation_prompt=True needs the last message to be from the user or system, not the assistant")
@@ -436,54 +461,10 @@ def render_chat(tokenizer, # a tokenizer with the chat special tokens (BPETokeni
 
 # %% ../nbs/02_tokenization.ipynb #d52b17d2
 def load_tokenizer(spec, # "gpt2", "gpt2-chat", "char", or a directory (or tokenizer.json) written by save()
-                  ) -> BPETokenizer | CharTokenizer:
+                  ) -> Tokenizer:
     "A tokenizer by name or path."
     if spec in ("gpt2", "gpt2-chat"): return gpt2_tokenizer(chat=spec == "gpt2-chat")
-    if spec == "char": return CharTokenizer.train(data_path("tinyshakespeare.txt").read_text("utf-8"))
+    if spec == "char": return CharTokenizer.train(read_text(data_path("tinyshakespeare.txt")))
     p = Path(spec)
     if not p.exists(): raise CourseError(f"tokenizer {str(spec)!r} is neither 'gpt2', 'gpt2-chat', 'char' nor an existing path")
-    is_char = _read_tokenizer_file(p)["format"] == "chatgpt-course/char"
-    return CharTokenizer.load(p) if is_char else BPETokenizer.load(p)
-
-# %% ../nbs/02_tokenization.ipynb #55520b22
-def _read_training_text(path) -> str:
-    path = Path(path)
-    if not path.is_file(): raise CourseError(f"input file {str(path)!r} does not exist or is not a file")
-    try: return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e: raise CourseError(f"input file {str(path)!r} is not UTF-8 text (byte {e.start})") from None
-
-def cli_tokenizer(argv:list[str], prog:str="chatgpt-course tokenizer") -> int:
-    "`train`, `encode` and `decode` subcommands."
-    ap = argparse.ArgumentParser(prog=prog, description="Train a byte-level BPE tokenizer; encode and decode text.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train a BPE tokenizer on a UTF-8 text file")
-    t.add_argument("--input", required=True, help="UTF-8 text file to train on")
-    t.add_argument("--vocab-size", type=int, required=True, help="bytes + merges + special tokens, e.g. 4096")
-    t.add_argument("--out", required=True, help="directory to write tokenizer.json into")
-    t.add_argument("--name", default=None, help="a name stored in the file (default bpe-<vocab size>)")
-    for name, h in (("encode", "print the ids of TEXT"), ("decode", "print the text of IDs")):
-        p = sub.add_parser(name, help=h)
-        p.add_argument("--tokenizer", required=True, help="'gpt2', 'gpt2-chat', 'char' or a directory written by train")
-        if name == "encode":
-            p.add_argument("text", nargs="?", default=None, help="the text (read from stdin if omitted)")
-            p.add_argument("--allow-special", action="store_true", help="special-token strings in TEXT become special tokens")
-        else: p.add_argument("ids", nargs="+", help="token ids")
-    args = ap.parse_args(argv)
-    if args.cmd == "train":
-        text = _read_training_text(args.input)
-        t0 = time.perf_counter()
-        tok = BPETokenizer.train(text, args.vocab_size, name=args.name, progress=True)
-        path = tok.save(args.out)
-        print(f"trained {tok.name}: {tok.n_merges} merges, {tok.n_vocab} tokens in {time.perf_counter() - t0:.1f} s; wrote {path}")
-    elif args.cmd == "encode":
-        tok = load_tokenizer(args.tokenizer)
-        text = sys.stdin.read() if args.text is None else args.text
-        print(" ".join(map(str, tok.encode(text, allowed_special="all" if args.allow_special else ()))))
-    else:
-        tok = load_tokenizer(args.tokenizer)
-        ids = []
-        for s in args.ids:
-            try: ids.append(int(s))
-            except ValueError: raise CourseError(f"token id {s!r} is not an integer") from None
-        print(tok.decode(ids))
-    return 0
+    return Tokenizer.load(p)

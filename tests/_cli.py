@@ -1,5 +1,6 @@
-"""Shared by the data-stage tests: run `chatgpt-course data ...` as a user would, and snapshot a folder."""
-import hashlib, os, subprocess, sys
+"""Shared by the data-stage tests: run `chatgpt-course data ...` as a user would, snapshot a folder, and see what a
+command imports."""
+import hashlib, json, os, subprocess, sys
 from pathlib import Path
 
 SCRIPT = Path(sys.executable).with_name("chatgpt-course")
@@ -14,3 +15,20 @@ def cli(*args, cwd):
 def snapshot(folder: Path) -> dict:
     "Name -> (size, mtime, sha256) of each file in `folder`: proof that nothing there was written."
     return {p.name: (p.stat().st_size, p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in folder.iterdir()}
+
+# Runs the command line's entry point, then reports on its last line which heavy modules the command imported.
+_REPORTER = """
+import json, sys, time
+t0 = time.perf_counter()
+from chatgpt_course.cli import main
+try: rc = main(sys.argv[1:])
+except SystemExit as e: rc = e.code  # --help exits through argparse
+print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t0,
+                  "loaded": sorted(m for m in ("torch", "matplotlib") if m in sys.modules)}))
+"""
+
+def imports_of(*args, cwd) -> dict:
+    "Run `chatgpt-course ARGS` in a fresh process: its exit status, its time, and which of torch/matplotlib it loaded."
+    r = subprocess.run([sys.executable, "-c", _REPORTER, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip(), (args, r.stdout, r.stderr)
+    return json.loads(r.stdout.strip().splitlines()[-1])

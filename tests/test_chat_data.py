@@ -7,15 +7,16 @@
   into a new subfolder), an existing output needs --force.
 - Property test (hypothesis): the generator is deterministic and its held-out split never shares a user question
   or item with training, whatever the seed.
+- Layers: `chat_data` imports nothing of the course but `core`, and `data` does not import `chat_data` (no cycle).
 """
-
+import subprocess, sys
 
 from hypothesis import given, settings, strategies as st
 
 from chatgpt_course.cli import main
 from chatgpt_course.core import data_path
 from chatgpt_course.chat_data import PERSONA, make_chat_dataset
-from chatgpt_course.data import read_jsonl
+from chatgpt_course.files import read_jsonl
 
 from _cli import cli, snapshot  # tests/_cli.py
 
@@ -71,3 +72,14 @@ def test_chat_heldout_never_leaks(seed):
     assert not users(train) & users(held)
     assert not items(train) & items(held)
     assert {i.split(":")[1] for r in held for i in r["tags"]["items"] if i.startswith("persona:")} <= set(PERSONA)
+
+
+# ---- layers ---------------------------------------------------------------------------------------------------------
+
+def test_chat_data_and_data_stand_apart():
+    code = ("import sys, importlib; importlib.import_module(sys.argv[1]); "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('chatgpt_course.'))))")
+    loaded = {m: subprocess.run([sys.executable, "-c", code, m], capture_output=True, text=True, check=True, timeout=120).stdout.split()
+              for m in ("chatgpt_course.chat_data", "chatgpt_course.data")}
+    assert loaded["chatgpt_course.chat_data"] == ["chatgpt_course.chat_data", "chatgpt_course.core"]
+    assert "chatgpt_course.chat_data" not in loaded["chatgpt_course.data"]

@@ -7,6 +7,8 @@
 - Output guards: nothing is ever written under the bundled data/ folder (also through a symlink), the input is
   never overwritten, an existing output needs --force. (The `chat` subcommand: tests/test_chat_data.py.)
 - `stats` on parquet and JSONL shards.
+- Start-up: `chatgpt-course --help` and the `data` and `tokenizer` commands never import PyTorch (nor matplotlib
+  unless asked to plot), checked in fresh processes; their times are printed, not asserted.
 - Property tests (hypothesis): clean_text is idempotent and leaves no control characters; scrub_pii removes every
   generated e-mail address and phone number; split_train_val is a seeded partition. (De-duplication:
   tests/test_dedup.py.)
@@ -19,11 +21,11 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 from chatgpt_course.cli import main
 from chatgpt_course.core import data_path
-from chatgpt_course.data import (clean_corpus, clean_text, load_documents, read_jsonl, scrub_pii, shakespeare_documents,
-                                 split_train_val)
+from chatgpt_course.data import clean_corpus, clean_text, load_documents, scrub_pii, shakespeare_documents, split_train_val
+from chatgpt_course.files import read_jsonl
 
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-from _cli import cli, snapshot  # tests/_cli.py
+from _cli import cli, imports_of, snapshot  # tests/_cli.py
 
 
 # ---- the demo's commands, end to end ------------------------------------------------------------------------------
@@ -170,3 +172,17 @@ def test_verify_and_jsonl_output(tmp_path, capsys):
     src.write_text("The first document has enough words.\n\nThe first document has enough words.\n\nA second one, also long enough.\n")
     assert main(["data", "clean", str(src), str(tmp_path / "out.jsonl")]) == 0
     assert read_jsonl(tmp_path / "out.jsonl") == [{"text": "The first document has enough words."}, {"text": "A second one, also long enough."}]
+
+
+# ---- start-up: no PyTorch on the data and tokenizer paths ---------------------------------------------------------------
+
+def test_commands_start_without_torch(tmp_path):
+    (tmp_path / "in.txt").write_text("To be, or not to be, that is the question.\n\nWhether 'tis nobler in the mind to suffer.\n")
+    runs = [["--help"], ["data", "--help"], ["data", "clean", tmp_path / "in.txt", tmp_path / "out.txt"],
+            ["data", "stats", tmp_path / "in.txt"], ["data", "chat", "--n", 3, "--out", tmp_path / "chat.jsonl"], ["data", "verify"],
+            ["tokenizer", "--help"], ["tokenizer", "train", "--input", tmp_path / "in.txt", "--vocab-size", 270, "--out", tmp_path / "tok"],
+            ["tokenizer", "encode", "--tokenizer", "gpt2", "hello world"], ["tokenizer", "decode", "--tokenizer", "gpt2", 31373, 995]]
+    for argv in runs:
+        r = imports_of(*argv, cwd=tmp_path)
+        print(f"chatgpt-course {' '.join(map(str, argv))}: exit {r['rc']}, {r['seconds']:.2f} s, loaded {r['loaded'] or 'neither'}")
+        assert r["rc"] == 0 and r["loaded"] == [], (argv, r)

@@ -4,12 +4,13 @@
   (strings from its alphabet: it raises on unknown characters), a trained BPE and GPT-2; the pure-Python encoder
   gives tiktoken's ids (GPT-2, and a trained tokenizer's tiktoken export) on arbitrary strings; decoding any prefix
   of the ids never raises (cut-off UTF-8 becomes U+FFFD); chat rendering never turns user text into special tokens.
-- GPT-2 parity on the whole bundled corpus with the network blocked.
+- GPT-2 parity, offline for real: a fresh process whose sockets are blocked before anything is imported builds the
+  GPT-2 tokenizer from the bundled data/gpt2.tiktoken and gives golden ids, and tiktoken's ids on the whole corpus.
 - The command line end to end in subprocesses: train / encode / decode, the progress bar, and one-line errors
   (exit status 2) for bad input: a vocabulary too small, empty text, a truncated or edited tokenizer file, an id
   outside the vocabulary.
 """
-import json, socket, subprocess, sys
+import json, subprocess, sys
 
 import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
@@ -86,17 +87,46 @@ def test_chat_user_text_never_becomes_special(bpe, user, reply):
     assert [i for i, m in zip(ids, mask) if m] == bpe.encode(reply) + [sp["<|end|>"]]
     assert bpe.decode(ids) == f"{EOT}<|user|>{user}<|end|><|assistant|>{reply}<|end|>"
 
-def test_gpt2_parity_whole_corpus_offline(gpt2, monkeypatch):
-    def no_network(*a, **k): raise AssertionError("the tokenizer tried to use the network")
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    fresh = gpt2_tokenizer(chat=True)  # rebuilt here, with the network blocked
-    enc = gpt2_encoding()
-    ids = fresh.encode(CORPUS)
-    assert ids == enc.encode_ordinary(CORPUS)
-    assert fresh.decode(ids) == CORPUS
-    assert enc.encode("hello world") == [31373, 995] == fresh.encode("hello world")
-    assert fresh.special_tokens == {EOT: 50256, "<|system|>": 50257, "<|user|>": 50258, "<|assistant|>": 50259, "<|end|>": 50260}
+# GPT-2's ids for a few strings (the first two as published for GPT-2; all as tiktoken's "gpt2" encoding gives them)
+GPT2_GOLDEN = {"hello world": [31373, 995], "Hello, world!": [15496, 11, 995, 0],
+               "To be, or not to be: that is the question.": [2514, 307, 11, 393, 407, 284, 307, 25, 326, 318, 262, 1808, 13],
+               "naïve café, 世界 👋": [2616, 38776, 40304, 11, 220, 10310, 244, 45911, 234, 50169, 233],
+               "don't  stop\n\n": [9099, 470, 220, 2245, 628]}
+
+# Runs in a fresh process whose sockets are blocked before anything else is imported: the GPT-2 tokenizer must
+# be built from the bundled data/gpt2.tiktoken alone, with an empty tiktoken cache, and give the golden ids.
+OFFLINE_PARITY = r"""
+import socket
+def _refuse(*a, **k): raise OSError("network access is blocked in this test")
+class _NoSocket(socket.socket):
+    def __init__(self, *a, **k): _refuse()
+socket.socket, socket.create_connection, socket.getaddrinfo = _NoSocket, _refuse, _refuse
+import json, os, sys, tempfile
+os.environ["TIKTOKEN_CACHE_DIR"] = tempfile.mkdtemp()  # an empty cache: nothing downloaded before can stand in
+from chatgpt_course.core import data_path
+from chatgpt_course.tokenizer import EOT, gpt2_encoding, gpt2_tokenizer
+golden = json.loads(sys.argv[1])
+tok, enc = gpt2_tokenizer(chat=True), gpt2_encoding()
+for text, ids in golden.items():
+    assert tok.encode(text) == ids == enc.encode_ordinary(text), (text, tok.encode(text))
+    assert tok.decode(ids) == text, text
+corpus = data_path("tinyshakespeare.txt").read_text("utf-8")
+ids = tok.encode(corpus)
+assert ids == enc.encode_ordinary(corpus) and tok.decode(ids) == corpus
+assert tok.special_tokens == {EOT: 50256, "<|system|>": 50257, "<|user|>": 50258, "<|assistant|>": 50259, "<|end|>": 50260}
+try: socket.create_connection(("example.org", 443), timeout=1)
+except OSError: pass
+else: sys.exit("the network was not blocked")
+print(f"ok: {len(golden)} golden strings and the whole corpus ({len(ids):,} tokens) with no network")
+"""
+
+def test_gpt2_parity_offline(tmp_path):
+    r = subprocess.run([sys.executable, "-c", OFFLINE_PARITY, json.dumps(GPT2_GOLDEN)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=600)
+    assert r.returncode == 0 and r.stdout.startswith("ok: 5 golden strings"), (r.stdout, r.stderr)
+
+def test_gpt2_golden_ids(gpt2):
+    for text, ids in GPT2_GOLDEN.items(): assert gpt2.encode(text) == ids == gpt2_encoding().encode_ordinary(text), text
 
 def test_trained_export_matches_on_validation_text(bpe):
     val = CORPUS[N_TRAIN:]
