@@ -149,13 +149,15 @@ def test_occupied_or_damaged_run_directories(finished_run, tmp_path, capsys):
     assert main(["pretrain", "--out", str(finished_run), "--resume", "--n-layer", "3"]) == 2
     assert "config differs (model.n_layer: 2 there, 3 now)" in capsys.readouterr().err
     assert tree_digest(finished_run) == before
-    # a corrupt checkpoint: refused before anything is written
-    ck = latest_checkpoint(finished_run)
+    # a corrupt checkpoint (of a copy: other tests use this run): refused before anything is written
+    import shutil
+    run = tmp_path / "copy"; shutil.copytree(finished_run, run)
+    ck = latest_checkpoint(run)
     with open(ck / "model.safetensors", "r+b") as f: f.seek(100); f.write(b"\xff\xfe")
-    before = tree_digest(finished_run)
-    assert main(["pretrain", "--out", str(finished_run), "--resume"]) == 2
+    before = tree_digest(run)
+    assert main(["pretrain", "--out", str(run), "--resume"]) == 2
     assert "is corrupt: model.safetensors" in capsys.readouterr().err
-    assert tree_digest(finished_run) == before
+    assert tree_digest(run) == before
 
 def test_empty_token_file(tmp_path, capsys):
     write_token_file([], tmp_path / "empty.bin", vocab_size=66, tokenizer="char")
@@ -248,7 +250,8 @@ def test_pretrain_on_the_jsonl_that_data_clean_writes(tmp_path):
     assert r.returncode == 0 and "done at step 2" in r.stdout, r.stderr
     spec = json.loads((out / "data" / "train.bin.json").read_text())
     val = json.loads((out / "data" / "val.bin.json").read_text())
-    assert spec["n_bytes"] + val["n_bytes"] == sum(len(r["text"].encode()) for r in rows)  # one document per row, none lost
+    # one document per row, none lost: each row's text and the blank line that separates documents in a token file
+    assert spec["n_bytes"] + val["n_bytes"] == sum(len(r["text"].encode()) + len("\n\n") for r in rows)
 
 def test_a_time_budget_survives_a_resume(tmp_path):
     "A --max-minutes run resumed after its budget is spent does not get a fresh budget (the clock is in the checkpoint)."
