@@ -8,7 +8,8 @@ Shapes:
   baby      nanoGPT's "baby GPT" for CPUs: 4 layers, 4 heads, 128 wide, 64 tokens, batch 12, vocabulary 65;
             in four variants: GPT-2 as is (tanh GELU, biases), exact GELU, no biases + exact GELU, Llama-style
   gpt2      GPT-2 small (12 x 12 x 768, vocabulary 50257) at batch x tokens 1 x 256, 4 x 256, 1 x 1024
-  decode    generate 64 tokens after a 448-token prompt (baby model, block 512), with and without the KV cache
+  decode    generate 64 tokens after a 448-token prompt (baby model, block 512): the engine (KV cache) against
+            recomputing the whole context at every step
   decode-124m  batch-1 decoding with the KV cache at GPT-2 small's shape (12 x 12 x 768, vocabulary 50257, block
             1024): --decode-tokens tokens (default 256) after a 64-token prompt, greedy, under --dtype's autocast
 
@@ -24,7 +25,9 @@ import torch
 
 from chatgpt_course.core import get_device, machine_summary, precision_for, seed_everything
 from chatgpt_course.files import write_json
-from chatgpt_course.model import GPT, GPTConfig, count_params, flops_per_token, generate
+from chatgpt_course.engine import Engine, SamplingParams
+from chatgpt_course.model import GPT, GPTConfig, count_params, flops_per_token
+from chatgpt_course.tokenizer import CharTokenizer
 
 BABY = GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128)
 BABY_VARIANTS = {"GPT-2 (tanh GELU, bias)": BABY, "exact GELU": replace(BABY, gelu_approx="none"),
@@ -60,36 +63,53 @@ def report(name, config, B, T, times):
     print(f"  {name:<46} {B:>3} x {T:<5} {med*1e3:>9.1f} ms (fastest {best*1e3:.1f}) {tok/med:>10,.0f} tok/s {gflops:>8.1f} GFLOP/s")
 
 
+def _tokenizer_without_end(vocab_size):
+    "A tokenizer with no end token (so no row stops early) whose ids are all valid for the model: one CJK character each."
+    return CharTokenizer("".join(chr(0x4E00 + i) for i in range(min(vocab_size, 4096))), special_tokens=())
+
+
+@torch.inference_mode()
+def greedy_recompute(model, prompt, new_tokens):
+    "Greedy decoding without a cache: the whole context through the model at every step."
+    ids = prompt
+    for _ in range(new_tokens): ids = torch.cat([ids, model(ids, last_only=True)[0][:, -1].argmax(-1, keepdim=True)], 1)
+    return ids[0, prompt.size(1):].tolist()
+
+
 def time_decode(device, new_tokens=64, prompt_len=448):
-    "KV-cached against recomputing decoding of the baby model, with a check that both give the same tokens."
+    "KV-cached (the engine) against recomputing decoding of the baby model, with a check that both give the same tokens."
     config = replace(BABY, block_size=512)
     seed_everything(0)
     model = GPT(config).to(device).eval()
+    engine = Engine(model, _tokenizer_without_end(config.vocab_size))
     prompt = torch.randint(0, config.vocab_size, (1, prompt_len), device=device)
+    runs = {True: lambda p, n: engine.generate([p[0].tolist()], SamplingParams(max_new_tokens=n, temperature=0))[0].ids,
+            False: lambda p, n: greedy_recompute(model, p, n)}
     out = {}
-    for use_cache in (True, False):
-        generate(model, prompt[:, :8], 4, temperature=0, use_cache=use_cache)  # warm-up
+    for use_cache, run_ in runs.items():
+        run_(prompt[:, :8], 4)  # warm-up
         _sync(device); t = time.perf_counter()
-        ids = generate(model, prompt, new_tokens, temperature=0, use_cache=use_cache)
+        ids = run_(prompt, new_tokens)
         _sync(device); out[use_cache] = (time.perf_counter() - t, ids)
-    same = torch.equal(out[True][1], out[False][1])
+    same = out[True][1] == out[False][1]
     print(f"  decode {new_tokens} tokens after a {prompt_len}-token prompt (baby model, block 512, greedy):")
     print(f"    with KV cache     {new_tokens / out[True][0]:>8.1f} tok/s")
     print(f"    recomputing       {new_tokens / out[False][0]:>8.1f} tok/s   speed-up {out[False][0] / out[True][0]:.1f}x; same tokens: {same}")
 
 
 def time_decode_124m(device, prec, new_tokens=256, prompt_len=64) -> dict:
-    "Batch-1 greedy decoding with the KV cache at GPT-2 small's shape (random weights: the speed is the same)."
+    "Batch-1 greedy decoding with the engine (KV cache) at GPT-2 small's shape (random weights: the speed is the same)."
     config = GPTConfig(vocab_size=50257)
     seed_everything(0)
     model = GPT(config).to(device).eval()
-    prompt = torch.randint(0, config.vocab_size, (1, prompt_len), device=device)
+    engine = Engine(model, _tokenizer_without_end(config.vocab_size))
+    prompt = torch.randint(0, 4096, (prompt_len,)).tolist()
     with prec.autocast():
-        generate(model, prompt, min(8, new_tokens), temperature=0)  # warm-up: kernels, allocator, cache shapes
+        engine.generate([prompt], SamplingParams(max_new_tokens=min(8, new_tokens), temperature=0))  # warm-up: kernels, allocator
         _sync(device); t = time.perf_counter()
-        ids = generate(model, prompt, new_tokens, temperature=0)
+        ids = engine.generate([prompt], SamplingParams(max_new_tokens=new_tokens, temperature=0))[0].ids
         _sync(device); s = time.perf_counter() - t
-    assert ids.shape == (1, prompt_len + new_tokens)
+    assert len(ids) == new_tokens
     row = dict(shape="gpt2-124m", batch=1, prompt=prompt_len, new_tokens=new_tokens, seconds=s, tokens_per_s=new_tokens / s,
                ms_per_token=1e3 * s / new_tokens, precision=prec.name)
     print(f"  decode {new_tokens} tokens after a {prompt_len}-token prompt, GPT-2 small shape ({count_params(config):,} "

@@ -14,7 +14,7 @@ from einops import rearrange
 from .core import CourseError
 
 # %% auto #0
-__all__ = ['manual_attention', 'fused_attention', 'KVCache', 'rope_cache', 'apply_rope', 'CausalSelfAttention']
+__all__ = ['manual_attention', 'fused_attention', 'RowLengths', 'KVCache', 'rope_cache', 'apply_rope', 'CausalSelfAttention']
 
 # %% ../nbs/03_attention.ipynb #bded8bc0
 def _causal_mask(Tq:int, Tk:int, device=None) -> torch.Tensor:
@@ -70,34 +70,72 @@ def fused_attention(q:torch.Tensor, # queries (B, nh, Tq, hs)
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | dead, dropout_p=dropout_p)
     return y.masked_fill(dead, 0.0)
 
-# %% ../nbs/03_attention.ipynb #87874c4f
-class KVCache:
-    "Preallocated keys and values for every layer, `(n_layer, B, nh, max_len, hs)`; `pos` tokens are filled."
-    def __init__(self, n_layer:int, # transformer blocks, one slot each
-                 batch_size:int, # sequences generated side by side
-                 n_head:int, # attention heads per layer
-                 head_dim:int, # size of one head (hs)
-                 max_len:int, # most tokens the cache can hold (prompt + generated)
-                 device:str|torch.device|None=None, # where the cache lives (default: the CPU)
-                 dtype:torch.dtype=torch.float32, # match the dtype attention runs in
-                ):
-        for name, val in dict(n_layer=n_layer, batch_size=batch_size, n_head=n_head, head_dim=head_dim, max_len=max_len).items():
-            if not isinstance(val, int) or val < 1: raise CourseError(f"KVCache {name} must be a positive integer, got {val!r}")
-        self.n_layer, self.batch_size, self.n_head, self.head_dim, self.max_len = n_layer, batch_size, n_head, head_dim, max_len
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0  # tokens stored so far, the same for every layer once the model calls advance()
+# %% ../nbs/03_attention.ipynb #271d58b0
+class RowLengths:
+    "How many tokens each row of a batch holds, and what follows from it: the positions of new tokens and the slots they may see."
+    def __init__(self, batch_size:int, # rows (sequences side by side)
+                 max_len:int, # most tokens a row may hold
+                 device:str|torch.device|None=None):
+        self.batch_size, self.max_len = batch_size, max_len
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # tokens stored in each row
+        self.pos = 0          # the longest row's length: slots 0..pos-1 are in use
+        self.ragged = False   # rows hold different numbers of tokens: positions and the mask are then per row
 
     def _check_room(self, T:int):
         if self.pos + T > self.max_len:
             raise CourseError(f"KV cache overflow: {self.pos} tokens stored + {T} new = {self.pos + T} > max_len {self.max_len}")
 
+    def positions(self, T:int) -> torch.Tensor: # (T,) while every row holds pos tokens, else (B, T)
+        "The positions of `T` new tokens: each row carries on from its own length."
+        new = torch.arange(T, device=self.lengths.device)
+        return self.lengths[:, None] + new if self.ragged else self.pos + new
+
+    def attn_mask(self, T:int) -> torch.Tensor|None: # (B, 1, T, pos+T), True = may attend; None while the rows agree
+        "Query i of row b may see slots 0..lengths[b]+i: its own row's keys up to itself, never the slack after a short row."
+        if not self.ragged: return None  # the plain causal rule (last query lined up with the last key) is exact
+        return (torch.arange(self.pos + T, device=self.lengths.device) <= self.positions(T)[..., None])[:, None]
+
+    def advance(self, n:int|torch.Tensor): # tokens just stored: one count for every row, or (B,) counts, one per row
+        "Move the lengths on once every layer has stored the current step's tokens."
+        if isinstance(n, int): self._check_room(n); self.lengths += n; self.pos += n; return
+        n = torch.as_tensor(n, dtype=torch.long, device=self.lengths.device)
+        if n.dim() == 0: n = n.expand(self.batch_size)  # one tensor count for every row
+        if n.shape != (self.batch_size,):
+            raise CourseError(f"advance takes an int or {self.batch_size} per-row counts, got shape {tuple(n.shape)}")
+        self._set_lengths(self.lengths + n)
+
+    def _set_lengths(self, lengths:torch.Tensor):
+        lo, hi = torch.stack([lengths.min(), lengths.max()]).tolist()  # one host sync
+        if lo < 0 or hi > self.max_len: raise CourseError(f"row lengths must stay within 0..max_len {self.max_len}, got {lo}..{hi}")
+        self.lengths, self.pos, self.ragged = lengths, hi, lo != hi
+
+    def reset(self):
+        "Forget everything stored (the memory is kept for the next sequences)."
+        self.lengths.zero_(); self.pos, self.ragged = 0, False
+
+# %% ../nbs/03_attention.ipynb #87874c4f
+class KVCache(RowLengths):
+    "Preallocated keys and values for every layer, `(n_layer, B, nh, max_len, hs)`, and each row's length (`RowLengths`)."
+    def __init__(self, n_layer:int, # transformer blocks, one slot each
+                 batch_size:int, # sequences generated side by side
+                 n_head:int, # attention heads per layer
+                 head_dim:int, # size of one head (hs)
+                 max_len:int, # most tokens a row can hold (prompt + generated)
+                 device:str|torch.device|None=None, # where the cache lives (default: the CPU)
+                 dtype:torch.dtype=torch.float32, # match the dtype attention runs in
+                ):
+        for name, val in dict(n_layer=n_layer, batch_size=batch_size, n_head=n_head, head_dim=head_dim, max_len=max_len).items():
+            if not isinstance(val, int) or val < 1: raise CourseError(f"KVCache {name} must be a positive integer, got {val!r}")
+        super().__init__(batch_size, max_len, device)
+        self.n_layer, self.n_head, self.head_dim = n_layer, n_head, head_dim
+        self.k = torch.zeros(n_layer, batch_size, n_head, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+
     def update(self, layer_idx:int, # which layer's slot
                k:torch.Tensor, # new keys (B, nh, T, hs)
                v:torch.Tensor, # new values (B, nh, T, hs)
-              ) -> tuple[torch.Tensor, torch.Tensor]: # keys and values at positions 0..pos+T-1, each (B, nh, pos+T, hs)
-        "Write the new keys and values at `pos` (without advancing it) and return everything stored so far."
+              ) -> tuple[torch.Tensor, torch.Tensor]: # keys and values in slots 0..pos+T-1, each (B, nh, pos+T, hs)
+        "Write the new keys and values after each row's stored ones (without advancing) and return every slot in use."
         if not 0 <= layer_idx < self.n_layer:
             raise CourseError(f"KV cache layer_idx {layer_idx} is out of range for a cache of {self.n_layer} layer(s)")
         want = (self.batch_size, self.n_head, self.head_dim)
@@ -106,18 +144,23 @@ class KVCache:
                               f"got k {tuple(k.shape)} and v {tuple(v.shape)}")
         T = k.size(2)
         self._check_room(T)
-        self.k[layer_idx, :, :, self.pos:self.pos + T] = k
-        self.v[layer_idx, :, :, self.pos:self.pos + T] = v
+        if self.ragged:  # row b writes at its own slots lengths[b]..lengths[b]+T-1
+            rows, slots = torch.arange(self.batch_size, device=k.device)[:, None], self.positions(T)  # (B, 1), (B, T)
+            self.k[layer_idx][rows, :, slots] = k.transpose(1, 2)  # the indexed slots, (B, T, nh, hs)
+            self.v[layer_idx][rows, :, slots] = v.transpose(1, 2)
+        else:
+            self.k[layer_idx, :, :, self.pos:self.pos + T] = k
+            self.v[layer_idx, :, :, self.pos:self.pos + T] = v
         return self.k[layer_idx, :, :, :self.pos + T], self.v[layer_idx, :, :, :self.pos + T]
 
-    def advance(self, T:int): # tokens just written by every layer
-        "Move `pos` on by `T` once every layer has stored the current step's tokens."
-        self._check_room(T)
-        self.pos += T
-
-    def reset(self):
-        "Forget everything stored (the memory is kept for the next sequence)."
-        self.pos = 0
+    def select(self, rows) -> KVCache: # row indices in their new order; a repeated index copies that row
+        "Keep only these rows (in place): drop finished sequences, or repeat a prompt's row to sample it `n` times."
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.lengths.device)
+        if rows.dim() != 1 or len(rows) < 1 or int(rows.min()) < 0 or int(rows.max()) >= self.batch_size:
+            raise CourseError(f"KV cache select needs a non-empty list of rows in 0..{self.batch_size - 1}, got {rows.tolist()}")
+        self.k, self.v, self.batch_size = self.k[:, rows], self.v[:, rows], len(rows)
+        self._set_lengths(self.lengths[rows])
+        return self
 
     @property
     def nbytes(self) -> int:
@@ -125,8 +168,9 @@ class KVCache:
         return self.k.nbytes + self.v.nbytes
 
     def __repr__(self):
+        rows = f"lengths={self.lengths.tolist()}" if self.ragged else f"pos={self.pos}"
         return (f"KVCache(n_layer={self.n_layer}, batch_size={self.batch_size}, n_head={self.n_head}, head_dim={self.head_dim}, "
-                f"max_len={self.max_len}, pos={self.pos}, dtype={self.k.dtype}, {self.nbytes/2**20:.2f} MiB)")
+                f"max_len={self.max_len}, {rows}, dtype={self.k.dtype}, {self.nbytes/2**20:.2f} MiB)")
 
 # %% ../nbs/03_attention.ipynb #05a92b11
 def rope_cache(head_dim:int, # size of one head; must be even (dimensions are rotated in pairs)
@@ -141,14 +185,15 @@ def rope_cache(head_dim:int, # size of one head; must be even (dimensions are ro
     return angles.cos(), angles.sin()
 
 def apply_rope(x:torch.Tensor, # queries or keys (B, nh, T, hs)
-               cos:torch.Tensor, # (T, hs/2), rows for x's positions
-               sin:torch.Tensor, # (T, hs/2)
+               cos:torch.Tensor, # (T, hs/2), rows for x's positions; or (B, T, hs/2) when each row has its own
+               sin:torch.Tensor, # the same shape as cos
               ) -> torch.Tensor: # (B, nh, T, hs), same dtype as x
     "Rotate each pair (x[i], x[i + hs/2]) by its position's angle (the GPT-NeoX / Llama 'half' layout)."
     T, half = x.size(-2), x.size(-1) // 2
-    if cos.shape != (T, half) or sin.shape != (T, half):
-        raise CourseError(f"RoPE cos/sin must be sliced to x's {T} positions with head_dim/2 = {half} columns, "
-                          f"got cos {tuple(cos.shape)} and sin {tuple(sin.shape)}")
+    if cos.shape != sin.shape or tuple(cos.shape) not in ((T, half), (x.size(0), T, half)):
+        raise CourseError(f"RoPE cos/sin must be sliced to x's {T} positions with head_dim/2 = {half} columns "
+                          f"((T, hs/2), or (B, T, hs/2) per row), got cos {tuple(cos.shape)} and sin {tuple(sin.shape)}")
+    if cos.dim() == 3: cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hs/2): the same angles for every head
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
@@ -174,8 +219,8 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
 
     def forward(self, x:torch.Tensor, # (B, T, C)
-                rope:tuple[torch.Tensor, torch.Tensor]|None=None, # (cos, sin) sliced to x's positions, or None
-                cache:KVCache|None=None, # keys/values of earlier tokens; this call writes x's at cache.pos
+                rope:tuple[torch.Tensor, torch.Tensor]|None=None, # (cos, sin) for x's positions (see apply_rope), or None
+                cache:KVCache|None=None, # keys/values of earlier tokens; this call writes x's after each row's stored ones
                 attn_mask:torch.Tensor|None=None, # bool padding mask broadcastable to (B, 1, T, Tk), True = may attend
                ) -> torch.Tensor: # (B, T, C)
         if x.dim() != 3 or x.size(-1) != self.n_embd:
@@ -185,8 +230,10 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:  # rotate before caching: cached keys keep the rotation of their own position
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
+            rows = cache.attn_mask(x.size(1))  # rows of different lengths: each query sees only its own row's keys
             k, v = cache.update(self.layer_idx, k, v)  # (B, nh, Tk, hs), Tk = cache.pos + T
             if k.dtype != q.dtype: k, v = k.to(q.dtype), v.to(q.dtype)
+            if rows is not None: attn_mask = rows if attn_mask is None else attn_mask & rows
         p = self.attn_dropout.p if self.training else 0.0
         attend = fused_attention if self.fused else manual_attention
         y = attend(q, k, v, causal=True, attn_mask=attn_mask, dropout_p=p)  # (B, nh, T, hs)

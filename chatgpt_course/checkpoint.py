@@ -15,12 +15,12 @@ from safetensors.torch import save_model, load_model
 
 from .core import CourseError, get_device
 from .files import refuse_bundled, atomic_write, atomic_replace, fsync_path, read_json, sha256_file, write_json
-from .model import GPT, GPTConfig, generate
+from .model import GPT, GPTConfig
 from .tokenizer import load_tokenizer
 
 # %% auto #0
 __all__ = ['FORMAT', 'rng_state', 'set_rng_state', 'save_checkpoint', 'latest_checkpoint', 'read_checkpoint_meta',
-           'load_checkpoint', 'verify_checkpoint', 'load_state_file', 'load_trained', 'sample']
+           'load_checkpoint', 'verify_checkpoint', 'load_state_file', 'load_trained']
 
 # %% ../nbs/05c_checkpoints.ipynb #33b23d44
 def rng_state() -> dict:
@@ -157,18 +157,3 @@ def load_trained(path:str|Path, # a run directory (uses its LATEST) or a ckpt-<s
     model = GPT(shape)
     load_checkpoint(ckpt, model, map_location="cpu")
     return model.to(get_device(device)).eval(), tok, meta
-
-def sample(model:nn.Module, tokenizer, # the model and its tokenizer
-           prompt:str, # text to continue
-           max_new_tokens:int=200, temperature:float=1.0, top_k:int|None=None,
-           seed:int=0, # a generator of its own: sampling never touches the global random streams
-          ) -> str:
-    "A continuation of `prompt` (the prompt included), reproducible from `seed`."
-    dev = next(model.parameters()).device
-    ids = tokenizer.encode(prompt)
-    if not ids: raise CourseError("the prompt is empty: give at least one character")
-    if len(ids) > model.config.block_size:
-        raise CourseError(f"the prompt is {len(ids)} tokens, longer than the model's context of {model.config.block_size}")
-    g = torch.Generator(device=dev).manual_seed(seed)
-    out = generate(model, torch.tensor([ids], device=dev), max_new_tokens, temperature=temperature, top_k=top_k, generator=g)
-    return tokenizer.decode(out[0].tolist())

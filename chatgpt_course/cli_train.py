@@ -12,7 +12,8 @@ from .core import CourseError, runs_path
 from .files import read_json
 from .model import GPTConfig
 from .train import PRESETS, RESUME_MAY_CHANGE, TrainConfig, config_from_dict, train
-from .checkpoint import latest_checkpoint, load_trained, sample
+from .checkpoint import latest_checkpoint, load_trained
+from .engine import sample
 
 # %% auto #0
 __all__ = ['pretrain_parser', 'config_from_args', 'cli_pretrain', 'cli_sample']

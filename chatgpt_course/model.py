@@ -19,8 +19,7 @@ from .attention import CausalSelfAttention, KVCache, rope_cache
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'GPT2_SHAPES', 'GPTConfig', 'swiglu_hidden', 'RMSNorm', 'make_norm', 'MLP', 'SwiGLU', 'make_mlp',
            'Block', 'GPT', 'count_params', 'flops_per_token', 'training_memory', 'to_hf_state_dict',
-           'from_hf_state_dict', 'hf_config', 'save_hf', 'config_from_hf', 'load_hf', 'load_gpt2_pretrained',
-           'generate']
+           'from_hf_state_dict', 'hf_config', 'save_hf', 'config_from_hf', 'load_hf', 'load_gpt2_pretrained']
 
 # %% ../nbs/04_gpt.ipynb #84ab29ff
 IGNORE_INDEX = -100  # target id left out of the loss (PyTorch's cross_entropy default): fine-tuning sets it on prompt tokens
@@ -187,7 +186,7 @@ class GPT(nn.Module):
         return KVCache(self.config.n_layer, batch_size, self.config.n_head, self.config.head_dim, max_len,
                        device=w.device if device is None else device, dtype=w.dtype if dtype is None else dtype)
 
-    def _check_input(self, idx, targets, cache):
+    def _check_input(self, idx, targets, cache, lengths):
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
             raise CourseError(f"idx must be a (B, T) tensor of int64 token ids, got "
                               f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}"
@@ -202,38 +201,44 @@ class GPT(nn.Module):
             raise CourseError(f"KV cache was made for batch size {cache.batch_size}, idx has batch size {B}")
         if targets is not None and tuple(targets.shape) != (B, T):
             raise CourseError(f"targets must have idx's shape {(B, T)}, got {tuple(targets.shape)}")
+        if lengths is not None and (not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != (B,) or lengths.is_floating_point()):
+            raise CourseError(f"lengths must be a ({B},) integer tensor, one count of real tokens per row of idx, got "
+                              f"{tuple(lengths.shape) if isinstance(lengths, torch.Tensor) else type(lengths).__name__}")
         if torch.compiler.is_compiling(): return  # a host sync would break the graph
-        stats = [idx.min(), idx.max()]
+        stats = [idx.min(), idx.max()] + ([lengths.min(), lengths.max()] if lengths is not None else [])
         if targets is not None:  # ignoring IGNORE_INDEX, every target must be a vocabulary id too
             stats += [targets.masked_fill(targets == IGNORE_INDEX, 0).min(), targets.max()]
-        lo, hi, *t = torch.stack(stats).tolist()  # one host sync for all the checks
+        lo, hi, *rest = torch.stack(stats).tolist()  # one host sync for all the checks
         V = self.config.vocab_size
         if lo < 0 or hi >= V:
             raise CourseError(f"token ids must be in [0, {V}) for vocab_size {V}, got ids from {lo} to {hi}")
-        if t and (t[0] < 0 or t[1] >= V):
-            raise CourseError(f"target ids must be in [0, {V}) or IGNORE_INDEX ({IGNORE_INDEX}), got targets from {t[0]} to {t[1]}")
+        if lengths is not None:
+            (l_lo, l_hi), rest = rest[:2], rest[2:]
+            if l_lo < 1 or l_hi > T: raise CourseError(f"lengths must be between 1 and idx's {T} tokens per row, got {l_lo} to {l_hi}")
+        if rest and (rest[0] < 0 or rest[1] >= V):
+            raise CourseError(f"target ids must be in [0, {V}) or IGNORE_INDEX ({IGNORE_INDEX}), got targets from {rest[0]} to {rest[1]}")
 
     def forward(self, idx:torch.Tensor, # (B, T) token ids
                 targets:torch.Tensor|None=None, # (B, T) next-token ids, IGNORE_INDEX where no loss is wanted
-                cache:KVCache|None=None, # decoding: earlier tokens' keys/values; idx sits at positions cache.pos..
-                last_only:bool=False, # logits for the last position only, (B, 1, V): all that sampling needs
+                cache:KVCache|None=None, # decoding: earlier tokens' keys/values; each row of idx continues its own
+                last_only:bool=False, # logits for the last (real) position only, (B, 1, V): all that sampling needs
+                lengths:torch.Tensor|None=None, # (B,) real tokens in each row of idx, right padding after them; default all T
                ) -> tuple[torch.Tensor, torch.Tensor|None]: # logits (B, T, V) and the mean loss (or None)
         "Logits for the next token at every position of idx, and the cross-entropy loss if targets are given."
-        self._check_input(idx, targets, cache)
+        self._check_input(idx, targets, cache, lengths)
         if last_only and targets is not None: raise CourseError("last_only=True gives no loss: pass targets=None")
         T = idx.size(1)
-        start = 0 if cache is None else cache.pos
+        pos = torch.arange(T, device=idx.device) if cache is None else cache.positions(T)  # (T,), or (B, T) for rows of different lengths
         x = self.transformer.wte(idx)  # (B, T, C)
         rope = None
-        if self.config.pos == "learned":
-            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))  # + (T, C), broadcast over B
-        else:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # each (T, hs/2)
+        if self.config.pos == "learned": x = x + self.transformer.wpe(pos)  # + (T, C) broadcast over B, or (B, T, C)
+        else: rope = (self.rope_cos[pos], self.rope_sin[pos])  # each (T, hs/2) or (B, T, hs/2)
         x = self.transformer.drop(x)
         for block in self.transformer.h: x = block(x, rope=rope, cache=cache)
-        if cache is not None: cache.advance(T)  # every layer has written its keys/values at start..start+T-1
+        if cache is not None: cache.advance(T if lengths is None else lengths)  # a row's padding is overwritten by its next token
         x = self.transformer.ln_f(x)
-        if last_only: x = x[:, -1:]  # (B, 1, C)
+        if last_only:  # (B, 1, C)
+            x = x[:, -1:] if lengths is None else x[torch.arange(x.size(0), device=x.device), lengths - 1][:, None]
         logits = self.lm_head(x)  # (B, T, V)
         if targets is None: return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
@@ -412,52 +417,3 @@ def load_gpt2_pretrained(name:str="gpt2", # one of GPT2_SHAPES: gpt2, gpt2-mediu
     try: path = snapshot_download(f"openai-community/{name}", allow_patterns=["config.json", "model.safetensors"], cache_dir=cache_dir)
     except Exception as e: raise CourseError(f"could not download {name!r} from the Hugging Face hub: {e}") from e
     return load_hf(path)
-
-# %% ../nbs/04_gpt.ipynb #8212400e
-def _sample_next(logits:torch.Tensor, # (B, V) scores for the next token
-                 temperature:float, top_k:int|None, generator:torch.Generator|None,
-                ) -> torch.Tensor: # (B, 1) chosen ids
-    if temperature == 0: return logits.argmax(-1, keepdim=True)  # greedy
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.size(-1):
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest score
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
-
-@torch.no_grad()
-def generate(model:GPT, # the model (put on its device; switched to eval mode for the loop)
-             idx:torch.Tensor, # (B, T) prompt token ids, on the model's device
-             max_new_tokens:int, # how many tokens to append
-             temperature:float=1.0, # 0 = greedy (argmax); <1 sharper, >1 flatter
-             top_k:int|None=None, # sample only among the k most likely tokens
-             generator:torch.Generator|None=None, # seeded generator (on idx's device) for repeatable draws
-             use_cache:bool=True, # KV cache: feed one new token per step instead of the whole context
-            ) -> torch.Tensor: # (B, T + max_new_tokens) prompt followed by the new tokens
-    "Append `max_new_tokens` tokens to each prompt by repeated sampling from the model."
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise CourseError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if not temperature >= 0: raise CourseError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1): raise CourseError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.size(1) < 1:
-        raise CourseError(f"idx must be a (B, T) tensor with at least one token per row, got "
-                          f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}")
-    if generator is not None and generator.device.type != idx.device.type:
-        raise CourseError(f"the generator is on {generator.device} but idx is on {idx.device}: make it with torch.Generator(device=idx.device)")
-    bs = model.config.block_size
-    was_training = model.training
-    model.eval()
-    try:
-        out = idx
-        cache = model.make_cache(idx.size(0), max_len=min(bs, idx.size(1) + max_new_tokens)) if use_cache else None
-        feed = idx[:, -bs:]
-        for _ in range(max_new_tokens):
-            if cache is None: feed = out[:, -bs:]  # recompute the whole (cropped) context every step
-            elif cache.pos + feed.size(1) > cache.max_len:  # the context is full: crop it and fill the cache again
-                cache.reset(); feed = out[:, -bs:]
-            logits, _ = model(feed, cache=cache, last_only=True)  # (B, 1, V)
-            nxt = _sample_next(logits[:, -1], temperature, top_k, generator)  # (B, 1)
-            out = torch.cat([out, nxt.to(out.dtype)], dim=1)
-            feed = nxt
-    finally:
-        model.train(was_training)
-    return out

@@ -23,7 +23,8 @@ from .batches import (open_token_file, tokenize_documents, RandomWindows, eval_w
                                     token_byte_lengths, bits_per_byte, target_stats)
 from .optim import Objective, lm_objective, make_optimizer, lr_at, set_lr, train_step, peak_flops, mfu
 from .checkpoint import (save_checkpoint, load_checkpoint, latest_checkpoint, read_checkpoint_meta,
-                                       verify_checkpoint, load_state_file, sample, rng_state, set_rng_state)
+                                       verify_checkpoint, load_state_file, rng_state, set_rng_state)
+from .engine import sample
 
 # %% auto #0
 __all__ = ['PRESETS', 'RESUME_MAY_CHANGE', 'TrainConfig', 'check_config', 'prepare_data', 'evaluate', 'read_log', 'plot_run',
@@ -541,7 +542,10 @@ def _pretrain_eval(cfg:TrainConfig, tok, val_tf, prec) -> Callable:
     def hook(model, step):
         ev = evaluate(model, val_tf.tokens, token_bytes, cfg.seq_len, cfg.batch_size, cfg.eval_tokens, prec)
         rec = {"val_loss": ev["loss"], "val_bpb": ev["bpb"]}
-        if cfg.sample_tokens: rec["sample"] = sample(model, tok, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed)  # every rank: FSDP needs all
+        if cfg.sample_tokens:  # every rank: FSDP needs all; in eval mode (the engine never switches it), then back
+            was_training = model.training; model.eval()
+            try: rec["sample"] = sample(model, tok, cfg.sample_prompt, cfg.sample_tokens, seed=cfg.seed)
+            finally: model.train(was_training)
         return rec
     return hook
 

@@ -4,8 +4,9 @@
   (sharded safetensors with an index, OpenAI's key names without the "transformer." prefix plus old
   attention-mask buffers) and exact-GELU models;
 - property tests (hypothesis): the closed-form parameter count matches the built model for any shape,
-  KV-cached decoding in any chunking matches the full forward pass, any out-of-range token id is a
-  CourseError;
+  KV-cached decoding in any chunking matches the full forward pass, rows of different lengths prefilled as one
+  right-padded block and decoded side by side (per-row positions, the padding masked out, rows dropped and copied
+  with `select`) match each row's own full forward pass, any out-of-range token id is a CourseError;
 - a subprocess check that importing the module stays light (no transformers, no safetensors, no device probing).
 """
 import json, subprocess, sys
@@ -16,7 +17,7 @@ import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from chatgpt_course.core import CourseError
-from chatgpt_course.model import (GPT, GPTConfig, count_params, generate, save_hf, load_hf, to_hf_state_dict,
+from chatgpt_course.model import (GPT, GPTConfig, count_params, save_hf, load_hf, to_hf_state_dict,
                                   from_hf_state_dict, IGNORE_INDEX)
 
 SMALL = GPTConfig(block_size=24, vocab_size=90, n_layer=2, n_head=4, n_embd=32)
@@ -157,16 +158,31 @@ def test_out_of_range_ids_are_course_errors(bad, where):
             m(torch.zeros(1, 6, dtype=torch.long), targets)
 
 
-def test_generate_cached_equals_uncached_past_block_size():
-    torch.manual_seed(3)
-    m = GPT(replace(SMALL, block_size=8))
-    prompt = torch.randint(0, SMALL.vocab_size, (3, 11))  # longer than the context: cropped
-    a = generate(m, prompt, 20, temperature=0)
-    b = generate(m, prompt, 20, temperature=0, use_cache=False)
-    assert torch.equal(a, b) and a.shape == (3, 31)
-    s1 = generate(m, prompt, 12, temperature=0.8, top_k=5, generator=torch.Generator().manual_seed(7))
-    s2 = generate(m, prompt, 12, temperature=0.8, top_k=5, generator=torch.Generator().manual_seed(7), use_cache=False)
-    assert torch.equal(s1, s2)
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=configs, data=st.data())
+def test_rows_of_different_lengths_match_their_own_forward(config, data):
+    torch.manual_seed(0)
+    m = GPT(config).eval()
+    T = config.block_size
+    lengths = data.draw(st.lists(st.integers(1, T), min_size=1, max_size=4))  # each row's prompt
+    steps = data.draw(st.integers(0, T - max(lengths)))  # then this many tokens, one per row per step
+    seqs = torch.randint(0, config.vocab_size, (len(lengths), T))
+    L, rows = torch.tensor(lengths), torch.arange(len(lengths))
+    with torch.no_grad():
+        cache = m.make_cache(len(lengths), max_len=T)
+        got = [m(seqs[:, :max(lengths)], cache=cache, last_only=True, lengths=L)[0]]  # right-padded: the padding is never seen
+        got += [m(seqs[rows, L + s][:, None], cache=cache)[0] for s in range(steps)]
+        for b, n in enumerate(lengths):
+            alone = m(seqs[b:b + 1, :n + steps])[0][0, n - 1:]
+            torch.testing.assert_close(torch.cat([g[b] for g in got]), alone, atol=1e-5, rtol=0)
+        assert cache.lengths.tolist() == [n + steps for n in lengths]
+        if steps < T - max(lengths) and len(lengths) > 1:  # drop row 0 and copy the last: the others carry on unchanged
+            keep = list(range(1, len(lengths))) + [len(lengths) - 1]
+            cache.select(keep)
+            nxt = m(seqs[keep, (L + steps)[keep]][:, None], cache=cache)[0]
+            for k, b in enumerate(keep):
+                alone = m(seqs[b:b + 1, :lengths[b] + steps + 1])[0][0, -1]
+                torch.testing.assert_close(nxt[k, 0], alone, atol=1e-5, rtol=0)
 
 
 def test_import_is_light():
