@@ -16,7 +16,8 @@ COMMANDS = {  # subcommand: (module, function, one-line help)
     "data":      ("chatgpt_course.cli_data", "cli_data", "collect, clean and inspect text; make synthetic chat data"),
     "tokenizer": ("chatgpt_course.cli_tokenizer", "cli_tokenizer", "train a byte-level BPE tokenizer; encode and decode"),
     "pretrain":  ("chatgpt_course.cli_train", "cli_pretrain", "pretrain a GPT from a preset (resumable)"),
-    "sample":    ("chatgpt_course.cli_train", "cli_sample", "generate text from a checkpoint"),
+    "sample":    ("chatgpt_course.cli_generate", "cli_sample", "generate text from a checkpoint (sampling flags, --n, --stream)"),
+    "chat":      ("chatgpt_course.cli_generate", "cli_chat", "talk to a chat model: one reply (--prompt) or a conversation on stdin"),
 }
 
 def _available(cmd): return importlib.util.find_spec(COMMANDS[cmd][0]) is not None

@@ -415,8 +415,8 @@ class RunLog:
     "A run's JSONL log on the lead process, with its progress bar (terminal) or live plot (notebook) and printed evaluations."
     def __init__(self, path:Path, dist:Dist, total:int, # the log file, the job, and the steps of the whole run
                  step:int=0, # where a resumed run restarts: log lines written after it by the interrupted run are dropped
-                 progress:bool|None=None, verbose:bool=True, name:str="train"):
-        self.path, self.lead, self.verbose, self.name = path, dist.lead, verbose, name
+                 progress:bool|None=None, say:Callable|None=None, name:str="train"):
+        self.path, self.lead, self.say_to, self.name = path, dist.lead, say, name
         self.live = self.bar = self.f = None
         if not self.lead: return
         keep = [r for r in read_log(path) if r.get("step", 0) <= step] if step and path.exists() else []
@@ -441,9 +441,9 @@ class RunLog:
 
     def say(self, msg:str):
         "Print a line for the reader (under the bar, if there is one)."
-        if not (self.lead and self.verbose): return
+        if not self.lead or self.say_to is None: return
         if self.bar is not None: self.bar.write(msg)
-        else: print(msg, file=sys.stderr)
+        else: self.say_to(msg)
 
     def close(self):
         if self.bar: self.bar.close()
@@ -493,12 +493,12 @@ def fit(model:torch.nn.Module, # the bare model: new, or initialised from a chec
         meta:dict|None=None, # JSON-able facts saved in every checkpoint (the config, the tokenizer...)
         tokens_per_step:int=0, flops_per_token:float=0.0, # for the throughput and MFU figures of the log
         norm_hint:float=1.0, # about the targets of one micro-batch (train_step's scale for backward)
-        progress:bool|None=None, verbose:bool=True, name:str="train",
+        progress:bool|None=None, say:Callable|None=None, name:str="train", # bar or live plot; where messages go (e.g. print)
         before_step:Callable|None=None, # test hook: before_step(step, model)
        ) -> dict:
     "Train `model` on `loader`'s batches under `objective`; resumable, atomic checkpoints, DDP/FSDP, time budget, log. Returns the last figures."
     train_model, optimizer, prec, scaler, step, time_offset = _start(model, loader, cfg, dist, resume_from)
-    log = RunLog(out / "log.jsonl", dist, cfg.max_steps, step, progress, verbose, name)
+    log = RunLog(out / "log.jsonl", dist, cfg.max_steps, step, progress, say, name)
     peak, _ = peak_flops(dist.device); peak = peak * dist.world if peak else None  # MFU of the whole job against all its devices
     t_start = time.time() - time_offset  # the clock includes the time spent before an interruption
     recent, last, saved = [], {}, step
@@ -561,7 +561,7 @@ def _check_fits(cfg:TrainConfig, tok, train_tf, val_tf):
         raise CourseError(f"the tokenizer has {tok.n_vocab} tokens but the model's vocab_size is {cfg.model.vocab_size}; pass --vocab-size {tok.n_vocab} (or more)")
     if cfg.sample_tokens:  # a prompt the tokenizer cannot encode should fail now, not at the first evaluation
         n = len(tok.encode(cfg.sample_prompt))
-        if not 1 <= n <= cfg.model.block_size: raise CourseError(f"sample_prompt is {n} tokens; expected 1 to block_size {cfg.model.block_size}")
+        if not 1 <= n < cfg.model.block_size: raise CourseError(f"sample_prompt is {n} tokens; expected 1 to block_size - 1 = {cfg.model.block_size - 1} (room to generate)")
     for name, tf in (("training", train_tf), ("validation", val_tf)):
         if len(tf) < cfg.seq_len + 1:
             raise CourseError(f"the {name} split has {len(tf)} tokens, fewer than one window of seq_len + 1 = {cfg.seq_len + 1}")
@@ -571,7 +571,7 @@ def train(cfg:TrainConfig, # what to train and how
           out:str|Path, # the run directory: config, tokenizer, token files, log, plots, checkpoints
           resume:bool=False, # continue the run in `out` from its latest checkpoint (same config)
           progress:bool|None=None, # tqdm bar (terminal) / live plot (notebook); None: automatic, rank 0 only
-          verbose:bool=True, # print the run's summary, evaluations and samples (rank 0)
+          say:Callable|None=None, # where the run's summary, evaluations and samples go (rank 0), e.g. print; None: nowhere
           plots:bool=True, # write loss.png, lr.png and grad_norm.png at the end (rank 0)
           before_step=None, # test hook: called as before_step(step, model) before each step
          ) -> dict:
@@ -587,7 +587,7 @@ def train(cfg:TrainConfig, # what to train and how
         tok, tok_spec, train_tf, val_tf = prepare_data(cfg, out, dist.rank)
         _check_fits(cfg, tok, train_tf, val_tf)
         if dist.lead and ckpt is None:
-            if resume and verbose: print(f"nothing to resume in {out}: starting a new run", file=sys.stderr)
+            if resume and say: say(f"nothing to resume in {out}: starting a new run")
             write_json(out / "run.json", {"config": _config_dict(cfg), "tokenizer": tok_spec, "world_size": dist.world, "grad_accum": accum})
         seed_everything(cfg.seed)
         model = GPT(cfg.model)
@@ -595,11 +595,11 @@ def train(cfg:TrainConfig, # what to train and how
         loader = RandomWindows(train_tf.tokens, cfg.batch_size, cfg.seq_len, accum, seed=cfg.seed, rank=dist.rank,
                                world_size=dist.world, device=dist.device)
         tokens_per_step = cfg.batch_size * cfg.seq_len * accum * dist.world
-        if dist.lead and verbose: print(_summary(cfg, model, train_tf, accum, dist), file=sys.stderr)
+        if dist.lead and say: say(_summary(cfg, model, train_tf, accum, dist))
         hook = _pretrain_eval(cfg, tok, val_tf, precision_for(dist.device, cfg.dtype))
         res = fit(model, loader, lm_objective, cfg, out, dist, resume_from=ckpt, evaluate=hook,
                   meta={"config": _config_dict(cfg), "tokenizer": tok_spec}, tokens_per_step=tokens_per_step,
-                  flops_per_token=flops_per_token(cfg.model, cfg.seq_len), norm_hint=cfg.batch_size * cfg.seq_len, progress=progress, verbose=verbose,
+                  flops_per_token=flops_per_token(cfg.model, cfg.seq_len), norm_hint=cfg.batch_size * cfg.seq_len, progress=progress, say=say,
                   name="pretrain", before_step=before_step)
     finally:
         if dist.world > 1 and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
