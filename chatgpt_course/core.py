@@ -16,7 +16,7 @@ if TYPE_CHECKING: import torch  # for the annotations only
 
 # %% auto #0
 __all__ = ['CourseError', 'get_device', 'Precision', 'precision_for', 'seed_everything', 'data_path', 'runs_path', 'in_test',
-           'run_size', 'machine_summary']
+           'run_size', 'cell_flags', 'skip_reason', 'notebook_setup', 'machine_summary']
 
 # %% ../nbs/00_core.ipynb #fbeb1c04
 class CourseError(ValueError):
@@ -138,6 +138,44 @@ def run_size(full, # the size a reader's run uses
             ):
     "`small` under test, `full` otherwise: the single switch for how much work a cell does."
     return small if in_test() else full
+
+# %% ../nbs/00_core.ipynb #96961b8b
+def cell_flags(source:str, # a code cell's source
+              ) -> set[str]:
+    "The flags in a cell's leading `#|` lines (`cuda`, `slow`, `export`, ...), read the way nbdev reads them."
+    flags = set()
+    for line in source.splitlines():
+        s = line.strip()
+        if not s or s.startswith("%%"): continue  # nbdev lets blank lines and cell magics sit among the flags
+        if not s.startswith("#|"): break          # the first line of code ends them
+        if words := s[2:].split(): flags.add(words[0].rstrip(":"))
+    return flags
+
+def skip_reason(source:str, # a code cell's source
+               ) -> str|None:
+    "Why a plain Jupyter kernel should skip this cell (`#| cuda` without a GPU, `#| slow` unless asked for), or None."
+    flags = cell_flags(source)
+    if "cuda" in flags:
+        import torch
+        if not torch.cuda.is_available(): return "this cell needs a CUDA GPU (torch.cuda.is_available() is False)"
+    if "slow" in flags and os.environ.get("CHATGPT_COURSE_SLOW", "") in ("", "0"):
+        return "this cell is slow; set CHATGPT_COURSE_SLOW=1 (e.g. %env CHATGPT_COURSE_SLOW=1) to run it"
+    return None
+
+def _skip_flagged_cell(lines:list[str]) -> list[str]:
+    "IPython input transformer: a cell to skip becomes one line that prints why."
+    reason = skip_reason("".join(lines))
+    return lines if reason is None else [f"print({'skipped: ' + reason!r})\n"]
+
+def notebook_setup() -> None:
+    "Set up a notebook's kernel: `#| cuda` and `#| slow` cells skip themselves as `skip_reason` says; one thread at test size."
+    ip = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None  # None outside IPython
+    if ip is not None:  # replace, not add: running the cell again (or this notebook's own definition) keeps one
+        ip.input_transformers_post[:] = [t for t in ip.input_transformers_post
+                                         if getattr(t, "__name__", "") != _skip_flagged_cell.__name__] + [_skip_flagged_cell]
+    if in_test():
+        import torch
+        torch.set_num_threads(1)  # under test, notebooks run two at a time on two cores: one thread each
 
 # %% ../nbs/00_core.ipynb #42c93b05
 def machine_summary(device:str|torch.device|None=None) -> str:
