@@ -38,6 +38,7 @@ ELEMENTS = {  # element: chemical symbol
     "copper": "Cu", "zinc": "Zn", "silver": "Ag", "tin": "Sn", "iodine": "I", "platinum": "Pt", "gold": "Au",
     "mercury": "Hg", "lead": "Pb", "uranium": "U"}
 
+# %% ../nbs/01c_chat_data.ipynb #545caec4
 TOPICS = {"persona": "persona", "capital": "capitals", "planet_order": "planets", "planet_kind": "planets",
           "symbol": "elements", "element": "elements"}  # item kind: topic tag (arithmetic for the rest)
 
@@ -70,6 +71,7 @@ RELATIONS = {
 }
 FOLLOW_UPS = ["And {x}?", "What about {x}?", "How about {x}?"]  # same relation, new entity: needs the context
 
+# %% ../nbs/01c_chat_data.ipynb #69037373
 OPS = {  # op: (word, symbol, function)
     "add": ("plus", "+", lambda a, b: a + b), "sub": ("minus", "-", lambda a, b: a - b), "mul": ("times", "×", lambda a, b: a * b)}
 ARITH_QUESTIONS = ["What is {a} {w} {b}?", "What's {a} {s} {b}?", "Calculate {a} {s} {b}.", "Can you work out {a} {w} {b}?",
@@ -100,6 +102,7 @@ SYSTEM_PROMPTS = {
 NOISE_PREFIXES = ["", "", "", "Hi! ", "Hello. ", "Hey Pip, ", "Pip, ", "Quick question: ", "So, "]  # first turn only
 NOISE_SUFFIXES = ["", "", "", " Thanks!", " Thank you.", " :)"]
 
+# %% ../nbs/01c_chat_data.ipynb #41faaacb
 def _bucket(key:str, salt:str="chatgpt-course/heldout") -> int:
     return int.from_bytes(hashlib.blake2b(f"{salt}:{key}".encode(), digest_size=8).digest(), "little") % 100
 
@@ -143,6 +146,7 @@ def _arith_problem(rng:random.Random, heldout:bool) -> tuple[str, int, int]:
         if op == "mul" and rng.random() < 0.5: a, b = b, a
         if is_heldout_arith(op, a, b) == heldout: return op, a, b
 
+# %% ../nbs/01c_chat_data.ipynb #fc5e2d5f
 def _turn(rng, style, split, augment, prev, facts, used):
     "One (user, assistant, item) turn; `prev` is the previous turn's (kind, relation or op) for follow-ups."
     heldout = split == "heldout"
@@ -169,6 +173,7 @@ def _turn(rng, style, split, augment, prev, facts, used):
     q = _fill(rng.choice(FOLLOW_UPS) if follow else pick(questions), x)
     return q, _fill(rng.choice(formal if style == "formal" else casual), x, y), f"{rel}:{entity}", ("fact", rel)
 
+# %% ../nbs/01c_chat_data.ipynb #23c1bb19
 def make_chat_dataset(n:int, # number of conversations
                       seed:int=0, # the same seed (and split) always gives the same conversations
                       split:str="train", # "train" or "heldout": held-out facts, problems and persona phrasings never appear in train
@@ -192,6 +197,7 @@ def make_chat_dataset(n:int, # number of conversations
         rows.append({"messages": msgs, "tags": {"style": style, "topics": topics, "items": items, "split": split, "augmented": augment}})
     return rows
 
+# %% ../nbs/01c_chat_data.ipynb #07660922
 ROLES = ("system", "user", "assistant")  # the roles of a chat message; the tokenizer gives each its own tag token
 
 def validate_chat(row, where:str="row") -> dict:
@@ -210,6 +216,7 @@ def validate_chat(row, where:str="row") -> dict:
     if "tags" in row and not isinstance(row["tags"], dict): raise CourseError(f"{where}: 'tags' must be an object")
     return row
 
+# %% ../nbs/01c_chat_data.ipynb #70121427
 def distinct_n(texts:Iterable[str], n:int=2) -> float:
     "Distinct word n-grams / all word n-grams over `texts` (lexical diversity, between 0 and 1)."
     grams = [tuple(ws[i:i + n]) for t in texts for ws in [t.lower().split()] for i in range(len(ws) - n + 1)]

@@ -95,7 +95,7 @@ def precision_for(device:str|torch.device, # where the model runs
 # %% ../nbs/00_core.ipynb #b3642b17
 def seed_everything(seed:int, # any non-negative integer
                    ) -> None:
-    "Seed Python, NumPy and PyTorch (CPU and every GPU) so that a run repeats exactly."
+    "Seed Python, NumPy and PyTorch (CPU and every GPU): a CPU run then repeats exactly; a GPU run also needs deterministic kernels."
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise CourseError(f"seed must be a non-negative integer, got {seed!r}")
     import numpy as np, torch

@@ -117,6 +117,7 @@ def _stream_parquet_shard(p:Path, text_field:str, batch_rows:int) -> Iterator[li
     for batch in pf.iter_batches(batch_size=batch_rows, columns=[text_field]):  # one record batch in memory at a time
         yield [t for t in batch.column(0).to_pylist() if t]
 
+# %% ../nbs/01a_data.ipynb #5065b73a
 def stream_documents(source:str|Path|Iterable, # a shard file, a folder of shards, or a list of shard paths
                      text_field:str="text", # the field/column of JSONL and parquet rows that holds the text
                      errors:str="strict", # decoding policy for text and JSONL shards
@@ -329,6 +330,7 @@ class CleanReport:
             lines.append(f"  {s.name:<16} {s.docs_in:>9,} {s.docs_out:>9,} {s.removed:>8,} {s.chars_out:>11,}  {det}")
         return "\n".join(lines)
 
+# %% ../nbs/01a_data.ipynb #14d56c59
 def clean_corpus(docs:list[str], # the raw documents
                  cfg:CleanConfig=CleanConfig(), # what each step does
                  n_examples:int=3, # removed documents kept as examples per step
@@ -361,21 +363,40 @@ def clean_corpus(docs:list[str], # the raw documents
         kept = out
     return kept, rep
 
+# %% ../nbs/01a_data.ipynb #203f2ff2
+def _removals(report:CleanReport) -> list[tuple[str, int, str]]:
+    "(reason, documents removed, first example) for every reason a step of `report` removed documents."
+    rows = []
+    for s in report.steps:
+        ex = report.examples.get(s.name, [])
+        if s.name == "normalise": reasons = {"empty after normalising": s.detail.get("emptied", 0)}
+        elif s.name == "quality filter": reasons = {k: v for k, v in s.detail.items()}
+        elif s.name == "near dedupe": reasons = {f"near copy (J >= {s.detail.get('threshold')})": s.removed}
+        elif s.name == "exact dedupe": reasons = {"exact copy": s.removed}
+        else: reasons = {}
+        rows += [(r, n, ex[0] if ex and len(reasons) == 1 else "") for r, n in reasons.items() if n]
+    return rows
+
 def plot_clean_report(report:CleanReport, title:str="cleaning"):
-    "What each step of a `CleanReport` removed, and the corpus before and after (a matplotlib Figure)."
+    "What the cleaning removed, and why: documents by reason (with an example) and characters by step (a matplotlib Figure)."
     import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 3.4), gridspec_kw={"width_ratios": [3, 2]})
-    bars = ax1.bar([s.name for s in report.steps], [s.removed for s in report.steps])
-    ax1.bar_label(bars, [f"{s.removed:,}" for s in report.steps])
-    ax1.set_ylabel("documents removed"); ax1.set_title(f"{title}: documents removed by each step"); ax1.margins(y=0.15)
-    first, last = report.steps[0], report.steps[-1]
-    before, after = [first.docs_in, first.chars_in], [last.docs_out, last.chars_out]
-    x = np.arange(2)
-    ax2.bar(x - 0.2, [100, 100], 0.4, label="before", color="grey")
-    b = ax2.bar(x + 0.2, [100 * a / max(b_, 1) for a, b_ in zip(after, before)], 0.4, label="after")
-    ax2.bar_label(b, [f"{a:,}\nof {b_:,}" for a, b_ in zip(after, before)], fontsize=8)
-    ax2.set_xticks(x, ["documents", "characters"]); ax2.set_ylim(0, 125); ax2.set_ylabel("% of the input")
-    ax2.set_title("before and after"); ax2.legend(loc="upper left", ncol=2); fig.tight_layout()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    rows = _removals(report)[::-1]  # top to bottom in pipeline order
+    y = np.arange(len(rows))
+    ax1.barh(y, [n for _, n, _ in rows], color="tab:red")
+    for yi, (_, n, ex) in zip(y, rows):
+        short = ex.replace("\n", " ⏎ ")[:28] + ("…" if len(ex) > 28 else "")
+        ax1.annotate(f" {n:,}" + (f"   e.g. {short!r}" if short else ""), (n, yi), va="center", fontsize=8)
+    ax1.set_yticks(y, [r for r, _, _ in rows]); ax1.set_xlabel("documents removed"); ax1.margins(x=0.9)
+    ax1.set_title(f"{title}: documents removed, by reason")
+    chars_in = max(report.steps[0].chars_in, 1)
+    names = [s.name for s in report.steps]
+    share = [100 * (s.chars_in - s.chars_out) / chars_in for s in report.steps]
+    b = ax2.bar(names, share, color="tab:red")
+    ax2.bar_label(b, [f"{s.chars_in - s.chars_out:,}" for s in report.steps], fontsize=8)
+    ax2.set_ylabel("% of input characters"); ax2.margins(y=0.2); ax2.tick_params(axis="x", labelrotation=20)
+    ax2.set_title(f"characters removed or replaced, by step (of {report.steps[0].chars_in:,})")
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/01a_data.ipynb #fa80033e

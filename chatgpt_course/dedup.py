@@ -77,6 +77,7 @@ def shingle_hashes(docs:list[str], # the documents
     counts = lens - k + 1
     return _mix64(h[keep]), np.concatenate([[0], np.cumsum(counts)[:-1]])
 
+# %% ../nbs/01b_dedup.ipynb #4093201f
 def minhash_signatures(docs:list[str], # the documents
                        num_perm:int=128, # signature length (number of hash functions)
                        k:int=5, # shingle length
@@ -139,6 +140,7 @@ def lsh_candidates(sig:np.ndarray, # (documents, num_perm) MinHash signatures
     p = np.sort(np.concatenate(pairs), axis=1)
     return np.unique(p, axis=0)
 
+# %% ../nbs/01b_dedup.ipynb #1a654c30
 def near_duplicates(docs:list[str], # the documents
                     threshold:float=0.8, # estimated Jaccard similarity at or above which two documents are near duplicates
                     num_perm:int=128, k:int=5, unit:str="char", seed:int=0,
@@ -163,6 +165,7 @@ def near_duplicates(docs:list[str], # the documents
         if r != i: dups.append(Duplicate(i, r, "near", float((sig[i] == sig[r]).mean())))
     return dups
 
+# %% ../nbs/01b_dedup.ipynb #e7c0f988
 def dedupe(docs:list[str], # the documents
            exact:bool=True, # drop exact duplicates (normalised hash)
            near_threshold:float|None=0.8, # drop near duplicates at or above this estimated Jaccard; None: off
