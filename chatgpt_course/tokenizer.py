@@ -87,8 +87,8 @@ def _read_tokenizer_file(path) -> dict:
 # %% ../nbs/02_tokenization.ipynb #635f7721
 _FORMATS = {}  # the "format" field of tokenizer.json -> the Tokenizer subclass that reads it
 
-class Tokenizer(ABC):
-    "Text <-> ids with special tokens, saved as a checksummed file: a subclass supplies the vocabulary, this class the rest."
+class _TokenizerSpec(ABC):
+    "What every tokenizer supplies: its vocabulary, encoding without special tokens, decoding to bytes, its saved fields."
     format = ""  # the "format" field of its tokenizer.json; "" for a tokenizer that is not saved
     kind = ""    # names the kind in messages, e.g. "BPE"
     special_tokens: dict[str, int]  # special-token string -> id (after the ordinary vocabulary)
@@ -96,7 +96,7 @@ class Tokenizer(ABC):
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
-        if cls.format: _FORMATS[cls.format] = cls
+        if cls.format: _FORMATS[cls.format] = cls  # so that Tokenizer.load can find the class of a saved file
 
     @property
     @abstractmethod
@@ -111,6 +111,23 @@ class Tokenizer(ABC):
     @abstractmethod
     def _from_fields(cls, p:dict) -> Tokenizer: "The tokenizer that a saved file's fields describe."
 
+# %% ../nbs/02_tokenization.ipynb #c51f9eed
+def _tokenizer_from_file(cls, path) -> Tokenizer:
+    "The tokenizer saved at `path`, as the subclass its format names, refused unless it is a `cls`."
+    p = _read_tokenizer_file(path)
+    sub = _FORMATS.get(p["format"])
+    if sub is None: raise CourseError(f"tokenizer file {str(path)!r} has the format {p['format']!r}; this code reads {sorted(_FORMATS)}")
+    if not issubclass(sub, cls): raise CourseError(f"{str(path)!r} holds a {p['format']!r} tokenizer, not a {cls.kind} one")
+    try: tok = sub._from_fields(p)
+    except (KeyError, TypeError, ValueError, regex.error) as e:
+        raise CourseError(f"tokenizer file {str(path)!r} is malformed ({type(e).__name__}: {e})") from None
+    if tok.special_tokens != p.get("special_tokens") or tok.n_vocab != p.get("n_vocab", tok.n_vocab):
+        raise CourseError(f"tokenizer file {str(path)!r} is inconsistent: its special-token ids do not follow its vocabulary")
+    return tok
+
+# %% ../nbs/02_tokenization.ipynb #b64bc9aa
+class Tokenizer(_TokenizerSpec):
+    "Text <-> ids with special tokens, saved as a checksummed file: a subclass supplies the vocabulary, this class the rest."
     @property
     def eot_id(self) -> int:
         "The id of <|endoftext|>, which separates documents."
@@ -146,16 +163,7 @@ class Tokenizer(ABC):
     @classmethod
     def load(cls, path) -> Tokenizer:
         "The tokenizer `save` wrote to `path` (a directory or its tokenizer.json), checked against its checksum."
-        p = _read_tokenizer_file(path)
-        sub = _FORMATS.get(p["format"])
-        if sub is None: raise CourseError(f"tokenizer file {str(path)!r} has the format {p['format']!r}; this code reads {sorted(_FORMATS)}")
-        if not issubclass(sub, cls): raise CourseError(f"{str(path)!r} holds a {p['format']!r} tokenizer, not a {cls.kind} one")
-        try: tok = sub._from_fields(p)
-        except (KeyError, TypeError, ValueError, regex.error) as e:
-            raise CourseError(f"tokenizer file {str(path)!r} is malformed ({type(e).__name__}: {e})") from None
-        if tok.special_tokens != p.get("special_tokens") or tok.n_vocab != p.get("n_vocab", tok.n_vocab):
-            raise CourseError(f"tokenizer file {str(path)!r} is inconsistent: its special-token ids do not follow its vocabulary")
-        return tok
+        return _tokenizer_from_file(cls, path)
 
     def __repr__(self): return f"{type(self).__name__}(name={self.name!r}, n_vocab={self.n_vocab})"
 
@@ -233,6 +241,7 @@ def _rank_split(ranks:dict, token:bytes, max_rank:int|None=None) -> list[bytes]:
         parts[best:best+2] = [parts[best] + parts[best+1]]
     return parts
 
+# %% ../nbs/02_tokenization.ipynb #f6765459
 def train_merges(chunk_counts:dict, # distinct chunk -> how often it occurs
                  n_merges:int, # merges to learn (fewer if the chunks run out of pairs)
                  progress:bool=False, # show a tqdm bar on stderr
@@ -281,10 +290,8 @@ CHAT_TOKENS = (*ROLE_TOKENS.values(), "<|end|>")  # role tags and end of a messa
 SPECIAL_TOKENS = (EOT,) + CHAT_TOKENS
 
 # %% ../nbs/02_tokenization.ipynb #7f269f91
-class BPETokenizer(Tokenizer):
-    "Byte-level BPE with a pre-tokenization pattern and special tokens (GPT-2's design), trainable from scratch."
-    format, kind = "chatgpt-course/bpe", "BPE"
-
+class _BPEVocab(Tokenizer):
+    "The vocabulary a merge list defines: ids 0..255 are the bytes, 256+k is merge k, then the special tokens."
     def __init__(self, merges:list[tuple[int,int]], # merge k makes token id 256+k from this pair of ids
                  pattern:str=GPT2_PATTERN, # the pre-tokenization regex
                  special_tokens=SPECIAL_TOKENS, # special-token strings: ids after the merges, in this order
@@ -314,26 +321,13 @@ class BPETokenizer(Tokenizer):
     @property
     def n_merges(self) -> int: return len(self.merges)
 
-    @classmethod
-    def train(cls, text:str, # the training text
-              vocab_size:int, # bytes + merges + special tokens
-              special_tokens=SPECIAL_TOKENS, pattern:str=GPT2_PATTERN, name:str|None=None,
-              progress:bool=False, # tqdm bar on stderr
-             ) -> BPETokenizer:
-        "Learn `vocab_size - 256 - len(special_tokens)` merges from `text` (fewer if it runs out of pairs)."
-        special_tokens = tuple(special_tokens)
-        if len(set(special_tokens)) != len(special_tokens) or not all(isinstance(s, str) and s for s in special_tokens):
-            raise CourseError(f"special tokens must be distinct non-empty strings, got {special_tokens!r}")
-        if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
-            raise CourseError(f"vocab_size {vocab_size!r} is too small: it must be at least 256 (bytes) + "
-                              f"{len(special_tokens)} (special tokens) = {256 + len(special_tokens)}")
-        pieces = _special_splitter(special_tokens).split(text) if special_tokens else [text]
-        chunker = regex.compile(pattern)
-        chunk_counts = Counter(c for p in pieces if p not in special_tokens for c in chunker.findall(p))
-        if not chunk_counts: raise CourseError("cannot train a tokenizer on empty text")
-        merges = train_merges(chunk_counts, vocab_size - 256 - len(special_tokens), progress=progress)
-        return cls(merges, pattern, special_tokens, name)
+    def decode_bytes(self, ids) -> bytes:
+        "The bytes of `ids`."
+        return b"".join(self.vocab[i] for i in self._check_ids(ids))
 
+# %% ../nbs/02_tokenization.ipynb #c8bfeb1a
+class _BPEEncoder(_BPEVocab):
+    "Encoding with the vocabulary: pure-Python BPE inside each chunk of the pattern (the reference), or tiktoken (fast)."
     def _bpe(self, chunk:bytes) -> list[int]:
         "Merge the bytes of one chunk, lowest-ranked pair first (merge ids are ranks)."
         ids, merges = [self.byte_ids[b] for b in chunk], self.merges
@@ -356,10 +350,6 @@ class BPETokenizer(Tokenizer):
             return self.encode_ordinary(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
         return out
 
-    def decode_bytes(self, ids) -> bytes:
-        "The bytes of `ids`."
-        return b"".join(self.vocab[i] for i in self._check_ids(ids))
-
     def to_tiktoken(self) -> "tiktoken.Encoding":
         "This tokenizer as a `tiktoken.Encoding` (same ids, Rust speed): ranks are the merge ids."
         if self._tiktoken is None:
@@ -377,6 +367,31 @@ class BPETokenizer(Tokenizer):
         "`encode_fast` over many texts, in parallel threads."
         return self.to_tiktoken().encode_batch(texts, num_threads=num_threads, disallowed_special=(),
                                                allowed_special=_allowed(allowed_special, self.special_tokens))
+
+# %% ../nbs/02_tokenization.ipynb #6fd51d28
+class BPETokenizer(_BPEEncoder):
+    "Byte-level BPE with a pre-tokenization pattern and special tokens (GPT-2's design), trainable from scratch."
+    format, kind = "chatgpt-course/bpe", "BPE"
+
+    @classmethod
+    def train(cls, text:str, # the training text
+              vocab_size:int, # bytes + merges + special tokens
+              special_tokens=SPECIAL_TOKENS, pattern:str=GPT2_PATTERN, name:str|None=None,
+              progress:bool=False, # tqdm bar on stderr
+             ) -> BPETokenizer:
+        "Learn `vocab_size - 256 - len(special_tokens)` merges from `text` (fewer if it runs out of pairs)."
+        special_tokens = tuple(special_tokens)
+        if len(set(special_tokens)) != len(special_tokens) or not all(isinstance(s, str) and s for s in special_tokens):
+            raise CourseError(f"special tokens must be distinct non-empty strings, got {special_tokens!r}")
+        if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
+            raise CourseError(f"vocab_size {vocab_size!r} is too small: it must be at least 256 (bytes) + "
+                              f"{len(special_tokens)} (special tokens) = {256 + len(special_tokens)}")
+        pieces = _special_splitter(special_tokens).split(text) if special_tokens else [text]
+        chunker = regex.compile(pattern)
+        chunk_counts = Counter(c for p in pieces if p not in special_tokens for c in chunker.findall(p))
+        if not chunk_counts: raise CourseError("cannot train a tokenizer on empty text")
+        merges = train_merges(chunk_counts, vocab_size - 256 - len(special_tokens), progress=progress)
+        return cls(merges, pattern, special_tokens, name)
 
     def _fields(self) -> dict:
         "Pattern, special tokens, then one merge per line with the bytes it makes shown."
