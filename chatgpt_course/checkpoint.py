@@ -20,7 +20,7 @@ from .tokenizer import load_tokenizer
 
 # %% auto #0
 __all__ = ['FORMAT', 'rng_state', 'set_rng_state', 'save_checkpoint', 'latest_checkpoint', 'read_checkpoint_meta',
-           'load_checkpoint', 'verify_checkpoint', 'load_state_file', 'load_trained']
+           'load_state_file', 'load_checkpoint', 'verify_checkpoint', 'load_trained']
 
 # %% ../nbs/05c_checkpoints.ipynb #33b23d44
 def rng_state() -> dict:
@@ -87,6 +87,12 @@ def read_checkpoint_meta(ckpt:str|Path) -> dict:
         raise CourseError(f"{str(ckpt)!r} is not a checkpoint of format {FORMAT!r}")
     return meta
 
+def load_state_file(ckpt:str|Path, name:str) -> dict:
+    "One of a checkpoint's torch files (optimizer.pt, state.pt), to the CPU, rebuilding only tensors and plain values."
+    try: return torch.load(Path(ckpt) / name, map_location="cpu", weights_only=True)  # RNG states must be CPU tensors
+    except Exception as e: raise CourseError(f"{str(Path(ckpt) / name)!r} cannot be loaded safely: {str(e).splitlines()[0][:200]}") from None
+
+# %% ../nbs/05c_checkpoints.ipynb #c10cae15
 def load_checkpoint(ckpt:str|Path, # a ckpt-<step> directory (or a run directory: its LATEST)
                     model:nn.Module, # the bare model to load the weights into
                     optimizer:torch.optim.Optimizer|None=None, # to restore too, if given
@@ -133,11 +139,6 @@ def verify_checkpoint(ckpt:str|Path, # a ckpt-<step> directory
         if sha256_file(ckpt / name) != digest:
             raise CourseError(f"checkpoint {str(ckpt)!r} is corrupt: {name} does not match its sha256 in meta.json")
     return meta
-
-def load_state_file(ckpt:str|Path, name:str) -> dict:
-    "One of a checkpoint's torch files (optimizer.pt, state.pt), to the CPU, rebuilding only tensors and plain values."
-    try: return torch.load(Path(ckpt) / name, map_location="cpu", weights_only=True)  # RNG states must be CPU tensors
-    except Exception as e: raise CourseError(f"{str(Path(ckpt) / name)!r} cannot be loaded safely: {str(e).splitlines()[0][:200]}") from None
 
 # %% ../nbs/05c_checkpoints.ipynb #5a1c0e05
 def load_trained(path:str|Path, # a run directory (uses its LATEST) or a ckpt-<step> directory

@@ -253,10 +253,13 @@ def plot_run(log_path:str|Path, # a run's log.jsonl
     tr = [r for r in recs if r.get("kind") == "train"]
     if not tr: raise CourseError(f"log {str(log_path)!r} holds no training steps to plot")
     paths = [out_dir / "loss.png"]; _loss_figure(recs).savefig(paths[0], dpi=110)
-    for key, label in (("lr", "learning rate"), ("grad_norm", "gradient norm (before clipping)")):
+    for key, label, title in (("lr", "learning rate", "learning rate: warmup, then cosine decay"),
+                              ("grad_norm", "gradient norm (log scale)", "global gradient norm before clipping")):
         fig = Figure(figsize=(7, 2.6)); ax = fig.subplots()
-        ax.plot([r["step"] for r in tr], [r[key] for r in tr], lw=0.8)
-        ax.set_xlabel("step"); ax.set_ylabel(label); fig.subplots_adjust(left=0.12, right=0.97, bottom=0.17, top=0.95)
+        v = [r[key] for r in tr]; ax.plot([r["step"] for r in tr], v, lw=0.8)
+        if key == "grad_norm" and all(x is not None and x > 0 for x in v): ax.set_yscale("log")  # spikes and the slow drift both show
+        ax.set_title(title, fontsize=9); ax.set_xlabel("step"); ax.set_ylabel(label)
+        fig.subplots_adjust(left=0.12, right=0.97, bottom=0.17, top=0.88)
         paths.append(out_dir / f"{key}.png"); fig.savefig(paths[-1], dpi=110)
     return paths
 
@@ -481,6 +484,29 @@ def _start(model, loader, cfg, dist:Dist, resume_from:Path|None) -> tuple:
         step, time_s = meta["step"], meta.get("time_s", 0.0)
     return train_model, optimizer, prec, scaler, step, time_s
 
+# %% ../nbs/05d_pretraining.ipynb #565c3a5c
+def _timed_step(train_model, loader, optimizer, prec, scaler, cfg, step:int, objective:Objective, norm_hint:float,
+                out:Path, dist:Dist) -> tuple[dict, float]:
+    "One optimiser step on the loader's next batch, and its seconds; a non-finite loss is a CourseError that names the last good checkpoint."
+    t0 = time.time()
+    try: r = train_step(train_model, loader.next(), optimizer, prec, scaler, cfg.grad_clip, step + 1, objective, norm_hint)
+    except CourseError as e:
+        good = latest_checkpoint(out)
+        raise CourseError(f"{e}; the last good checkpoint {str(good) if good else '(none yet)'} is intact") from None
+    if dist.device.type == "cuda": torch.cuda.synchronize()  # time the work, not its launch
+    return r, time.time() - t0
+
+def _step_record(step:int, r:dict, lr:float, dt:float, tokens_per_step:int, flops_per_token:float, peak, t_start:float) -> dict:
+    "The log line of one training step."
+    tps = tokens_per_step / dt
+    return {"kind": "train", "step": step, **r, "lr": lr, "dt_ms": dt * 1e3, "tokens_per_s": tps,
+            "mfu": mfu(flops_per_token, tps, peak), "tokens": step * tokens_per_step, "time_s": time.time() - t_start}
+
+def _eval_record(evaluate:Callable|None, model, step:int, recent:list[float], t_start:float) -> dict:
+    "The log line of one evaluation: the hook's figures and the mean training loss since the last one."
+    return {"kind": "eval", "step": step, **(evaluate(model, step) if evaluate else {}),
+            "train_loss": float(np.mean(recent)) if recent else None, "time_s": time.time() - t_start}
+
 # %% ../nbs/05d_pretraining.ipynb #6c00aa25
 def fit(model:torch.nn.Module, # the bare model: new, or initialised from a checkpoint; moved to dist.device here
         loader, # anything with next() (this process's micro-batches for one step), state_dict() and load_state_dict()
@@ -506,9 +532,7 @@ def fit(model:torch.nn.Module, # the bare model: new, or initialised from a chec
         save_state(out, step, model, optimizer, scaler, loader, dist, cfg.parallel, keep=cfg.keep_checkpoints,
                    meta={**(meta or {}), "time_s": time.time() - t_start, **{k: v for k, v in last.items() if k.startswith("val_")}})
     def run_eval():
-        rec = {"kind": "eval", "step": step, **(evaluate(model, step) if evaluate else {}),
-               "train_loss": float(np.mean(recent)) if recent else None, "time_s": time.time() - t_start}
-        log.emit(rec); log.say(_eval_message(step, rec))
+        rec = _eval_record(evaluate, model, step, recent, t_start); log.emit(rec); log.say(_eval_message(step, rec))
         return rec
     try:
         while step < cfg.max_steps:
@@ -517,17 +541,10 @@ def fit(model:torch.nn.Module, # the bare model: new, or initialised from a chec
                 log.say(f"{name}: the {cfg.max_minutes:g}-minute budget is spent at step {step}"); break
             if before_step: before_step(step, model)
             lr = lr_at(sched_step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr); set_lr(optimizer, lr)
-            t0 = time.time()
-            try: r = train_step(train_model, loader.next(), optimizer, prec, scaler, cfg.grad_clip, step + 1, objective, norm_hint)
-            except CourseError as e:
-                good = latest_checkpoint(out)
-                raise CourseError(f"{e}; the last good checkpoint {str(good) if good else '(none yet)'} is intact") from None
-            if dist.device.type == "cuda": torch.cuda.synchronize()
-            dt = time.time() - t0; step += 1
+            r, dt = _timed_step(train_model, loader, optimizer, prec, scaler, cfg, step, objective, norm_hint, out, dist)
+            step += 1
             if r["loss"] is not None: recent.append(r["loss"])
-            tps = tokens_per_step / dt
-            log.emit({"kind": "train", "step": step, **r, "lr": lr, "dt_ms": dt * 1e3, "tokens_per_s": tps,
-                      "mfu": mfu(flops_per_token, tps, peak), "tokens": step * tokens_per_step, "time_s": time.time() - t_start})
+            log.emit(_step_record(step, r, lr, dt, tokens_per_step, flops_per_token, peak, t_start))
             if step % cfg.eval_every == 0 or step == cfg.max_steps: last = run_eval(); recent = []
             if step % cfg.ckpt_every == 0 or step == cfg.max_steps: checkpoint(); saved = step
         if last.get("step") != step: last = run_eval()  # stopped by the time budget, or resumed a finished run
@@ -566,6 +583,13 @@ def _check_fits(cfg:TrainConfig, tok, train_tf, val_tf):
         if len(tf) < cfg.seq_len + 1:
             raise CourseError(f"the {name} split has {len(tf)} tokens, fewer than one window of seq_len + 1 = {cfg.seq_len + 1}")
 
+def _fresh_model(cfg:TrainConfig, dist:Dist) -> GPT:
+    "A new GPT, initialised alike on every process; then each process gets its own dropout stream."
+    seed_everything(cfg.seed)
+    model = GPT(cfg.model)
+    torch.manual_seed(cfg.seed + dist.rank)
+    return model
+
 # %% ../nbs/05d_pretraining.ipynb #6c00aa27
 def train(cfg:TrainConfig, # what to train and how
           out:str|Path, # the run directory: config, tokenizer, token files, log, plots, checkpoints
@@ -589,9 +613,7 @@ def train(cfg:TrainConfig, # what to train and how
         if dist.lead and ckpt is None:
             if resume and say: say(f"nothing to resume in {out}: starting a new run")
             write_json(out / "run.json", {"config": _config_dict(cfg), "tokenizer": tok_spec, "world_size": dist.world, "grad_accum": accum})
-        seed_everything(cfg.seed)
-        model = GPT(cfg.model)
-        torch.manual_seed(cfg.seed + dist.rank)  # after the (identical) init, each rank its own dropout stream
+        model = _fresh_model(cfg, dist)
         loader = RandomWindows(train_tf.tokens, cfg.batch_size, cfg.seq_len, accum, seed=cfg.seed, rank=dist.rank,
                                world_size=dist.world, device=dist.device)
         tokens_per_step = cfg.batch_size * cfg.seq_len * accum * dist.world
