@@ -58,7 +58,7 @@ def _add_clean(sub):
     _input_arguments(c)
     c.add_argument("out", metavar="OUT", help="output file: .jsonl for {'text': ...} rows, else blank-line-separated text")
     c.add_argument("--stats", action="store_true", help="also print corpus statistics before and after")
-    c.add_argument("--plot", metavar="PNG", help="write a bar chart of documents left after each step")
+    c.add_argument("--plot", metavar="PNG", help="write a chart of what each step removed, and why")
     d = CleanConfig()  # the flags' defaults are the library's
     c.add_argument("--form", choices=NORMAL_FORMS, default=d.form, help="Unicode normal form")
     c.add_argument("--min-words", type=int, default=d.min_words, help="drop documents with fewer words")
