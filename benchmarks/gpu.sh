@@ -5,6 +5,9 @@
 #     AdamW, 16 x 1024 tokens a step; tokens/s and MFU against the datasheet peak (989 TFLOP/s bf16 dense on
 #     H100 SXM and H200, 756 on H100 PCIe)
 #  c. batch-1 decoding at GPT-2 small's shape with the KV cache (benchmarks/model.py --shapes decode-124m)
+#  d. the same decoding with CUDA graphs: engine.StaticDecoder, torch.compile(mode="reduce-overhead"), bf16 weights
+#     (benchmarks/model.py --shapes decode-124m-graphs); it fails, rather than report a slower figure, if a step
+#     cannot become a CUDA graph
 # Each part has its own time limit and the next one runs even if it fails; the exit status is non-zero if any
 # failed, and at once, with a message, where there is no CUDA GPU. Logs and figures go to runs/gpu/.
 #
@@ -32,8 +35,10 @@ if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 out=runs/gpu; mkdir -p "$out"; rm -f "$out"/*.json "$out"/*.log
-# the budget, as arithmetic: 270 s + 150 s + 45 s = 465 s of parts, under 480 s with the GPU probe and the table
-NB_S=270; TRAIN_S=150; DECODE_S=45
+# the budget, as arithmetic: 250 s + 150 s + 30 s + 45 s = 475 s of parts, under 480 s with the GPU probe and the table
+# (d: about 5 s to start, a compile of the decode step that the notebooks' run of 04b has usually left in inductor's
+# cache, then two calls of 256 tokens)
+NB_S=250; TRAIN_S=150; DECODE_S=30; GRAPHS_S=45
 declare -A rc secs
 
 part() {  # part NAME LIMIT_S COMMAND...: run with a time limit, log to runs/gpu/NAME.log, remember status and time
@@ -54,10 +59,11 @@ fi
 # 5 warm-up steps take torch.compile's first compilation; the 20 timed steps then cost about 2 s on an H100
 part train "$TRAIN_S" "$PY" benchmarks/train.py --configs gpu-124m --device cuda --steps 20 --warmup 5 --json "$out/train.json"
 part decode "$DECODE_S" "$PY" benchmarks/model.py --device cuda --dtype bf16 --shapes decode-124m --decode-tokens 256 --json "$out/decode.json"
+part graphs "$GRAPHS_S" "$PY" benchmarks/model.py --device cuda --dtype bf16 --shapes decode-124m-graphs --decode-tokens 256 --json "$out/graphs.json"
 
 echo "== summary"
-RC_NOTEBOOKS=${rc[notebooks]} RC_TRAIN=${rc[train]} RC_DECODE=${rc[decode]} \
-S_NOTEBOOKS=${secs[notebooks]} S_TRAIN=${secs[train]} S_DECODE=${secs[decode]} OUT="$out" "$PY" - <<'EOF'
+RC_NOTEBOOKS=${rc[notebooks]} RC_TRAIN=${rc[train]} RC_DECODE=${rc[decode]} RC_GRAPHS=${rc[graphs]} \
+S_NOTEBOOKS=${secs[notebooks]} S_TRAIN=${secs[train]} S_DECODE=${secs[decode]} S_GRAPHS=${secs[graphs]} OUT="$out" "$PY" - <<'EOF'
 import json, os
 from pathlib import Path
 out = Path(os.environ["OUT"])
@@ -67,7 +73,7 @@ def load(name):
 def status(key):
     rc = int(os.environ[f"RC_{key}"])
     return "ok" if rc == 0 else ("timed out" if rc in (124, 137) else ("not run" if rc == 127 else f"FAILED (rc {rc})"))
-train, decode = load("train.json"), load("decode.json")
+train, decode, graphs = load("train.json"), load("decode.json"), load("graphs.json")
 if train and train["rows"]:
     r = train["rows"][0]
     mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
@@ -77,12 +83,19 @@ if decode and decode["rows"]:
     r = decode["rows"][0]
     dfig = f"{r['tokens_per_s']:,.1f} tokens/s ({r['ms_per_token']:.2f} ms/token), {r['new_tokens']} tokens, {r['precision']}"
 else: dfig = "-"
+if graphs and graphs["rows"]:
+    r = graphs["rows"][0]
+    gfig = f"{r['tokens_per_s']:,.1f} tokens/s ({r['ms_per_token']:.2f} ms/token), {r['new_tokens']} tokens, {r['precision']}"
+    if decode and decode["rows"]: gfig += f", {r['tokens_per_s'] / decode['rows'][0]['tokens_per_s']:.1f}x c"
+    gfig += f"; compile + first call {r['warmup_s']:.0f} s"
+else: gfig = "-"
 rows = [("a. notebooks, slow + cuda cells", status("NOTEBOOKS"), os.environ["S_NOTEBOOKS"], "see runs/gpu/notebooks.log"),
         ("b. gpu-124m training step", status("TRAIN"), os.environ["S_TRAIN"], tfig),
-        ("c. gpu-124m decode, batch 1", status("DECODE"), os.environ["S_DECODE"], dfig)]
-machine = (train or decode or {}).get("machine", "")
+        ("c. gpu-124m decode, batch 1", status("DECODE"), os.environ["S_DECODE"], dfig),
+        ("d. batch-1 decode, CUDA graphs", status("GRAPHS"), os.environ["S_GRAPHS"], gfig)]
+machine = (train or decode or graphs or {}).get("machine", "")
 if machine: print(machine)
 print(f"{'part':<33} {'status':<16} {'wall s':>6}  figures")
 for name, st, s, fig in rows: print(f"{name:<33} {st:<16} {s:>6}  {fig}")
 EOF
-for k in notebooks train decode; do [ "${rc[$k]}" = 0 ] || exit 1; done
+for k in notebooks train decode graphs; do [ "${rc[$k]}" = 0 ] || exit 1; done

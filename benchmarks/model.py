@@ -12,11 +12,15 @@ Shapes:
             recomputing the whole context at every step
   decode-124m  batch-1 decoding with the KV cache at GPT-2 small's shape (12 x 12 x 768, vocabulary 50257, block
             1024): --decode-tokens tokens (default 256) after a 64-token prompt, greedy, under --dtype's autocast
+  decode-124m-graphs  the same decoding with the fixed-shape path (engine.StaticDecoder, vocabulary 50304), the
+            weights in --dtype: on CUDA torch.compile(mode="reduce-overhead") makes each step one CUDA graph (an
+            error if it cannot), elsewhere torch.compile's default mode; one warm-up call compiles, one is timed
 
   python benchmarks/model.py                       # everything, on the CPU
   python benchmarks/model.py --shapes baby --steps 100 --threads 2 1   # each shape at 2 threads, then at 1
   python benchmarks/model.py --device cuda --dtype bf16 --shapes gpt2 --gpt2-batches 16x1024
   python benchmarks/model.py --device cuda --dtype bf16 --shapes decode-124m --json runs/bench/decode.json
+  python benchmarks/model.py --device cuda --dtype bf16 --shapes decode-124m-graphs --json runs/bench/graphs.json
 """
 import argparse, os, platform, statistics, time
 from dataclasses import replace
@@ -25,7 +29,7 @@ import torch
 
 from chatgpt_course.core import get_device, machine_summary, precision_for, seed_everything
 from chatgpt_course.files import write_json
-from chatgpt_course.engine import Engine, SamplingParams
+from chatgpt_course.engine import Engine, SamplingParams, StaticDecoder
 from chatgpt_course.model import GPT, GPTConfig, count_params, flops_per_token
 from chatgpt_course.tokenizer import CharTokenizer
 
@@ -117,6 +121,32 @@ def time_decode_124m(device, prec, new_tokens=256, prompt_len=64) -> dict:
     return row
 
 
+def time_decode_124m_graphs(device, prec, new_tokens=256, prompt_len=64, config=GPTConfig(vocab_size=50304)) -> dict:
+    "Batch-1 greedy decoding with StaticDecoder at GPT-2 small's shape: each step one CUDA graph on a GPU, weights in prec's dtype."
+    seed_everything(0)
+    model = GPT(config).to(device).eval().to(prec.dtype)  # bf16 weights: no casts inside the graph, half the bytes to read
+    engine = Engine(model, _tokenizer_without_end(config.vocab_size))
+    prompt = torch.randint(0, engine.tokenizer.n_vocab, (prompt_len,)).tolist()
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=0)
+    cuda = device.type == "cuda"
+    decoder = StaticDecoder(engine, max_len=prompt_len + new_tokens, compile="reduce-overhead" if cuda else True)
+    t = time.perf_counter()
+    with torch._inductor.config.patch({"triton.cudagraph_or_error": cuda}):  # no CUDA graph: an error, not a slower figure
+        decoder.generate([prompt], params)  # the warm-up: compiles the step and records its graph
+    _sync(device); warm = time.perf_counter() - t
+    _sync(device); t = time.perf_counter()
+    ids = decoder.generate([prompt], params)[0].ids
+    _sync(device); s = time.perf_counter() - t
+    assert len(ids) == new_tokens
+    how = "CUDA graphs (reduce-overhead)" if cuda else "torch.compile"
+    row = dict(shape="gpt2-124m", batch=1, prompt=prompt_len, new_tokens=new_tokens, seconds=s, tokens_per_s=new_tokens / s,
+               ms_per_token=1e3 * s / new_tokens, precision=f"{prec.name} weights", compile=how, warmup_s=warm)
+    print(f"  decode {new_tokens} tokens after a {prompt_len}-token prompt, GPT-2 small shape ({count_params(config):,} "
+          f"parameters), batch 1, StaticDecoder, {how}, greedy, {prec.name} weights: {row['tokens_per_s']:,.1f} tok/s "
+          f"({row['ms_per_token']:.2f} ms/token; compile + first call {warm:.1f} s)")
+    return row
+
+
 def _loadavg():
     try: return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except (AttributeError, OSError): return "n/a"
@@ -135,8 +165,12 @@ def run(args, device, prec):
             report("GPT-2 small", cfg, B, T, time_fwd_bwd(cfg, B, T, device, prec, args.gpt2_steps, warmup=1))
     if "decode" in args.shapes:
         time_decode(device)
+    rows = []
     if "decode-124m" in args.shapes:
-        return time_decode_124m(device, prec, args.decode_tokens)
+        rows.append(time_decode_124m(device, prec, args.decode_tokens))
+    if "decode-124m-graphs" in args.shapes:
+        rows.append(time_decode_124m_graphs(device, prec, args.decode_tokens))
+    return rows
 
 
 def main():
@@ -146,12 +180,12 @@ def main():
     ap.add_argument("--threads", type=int, nargs="+", default=[None],
                     help="torch CPU thread counts to run everything at, in turn (default: torch's choice); on a busy "
                          "machine one thread can beat two, because every parallel region waits for the slowest thread")
-    ap.add_argument("--shapes", nargs="+", default=["baby", "gpt2", "decode"], choices=["baby", "gpt2", "decode", "decode-124m"])
+    ap.add_argument("--shapes", nargs="+", default=["baby", "gpt2", "decode"], choices=["baby", "gpt2", "decode", "decode-124m", "decode-124m-graphs"])
     ap.add_argument("--steps", type=int, default=30, help="timed steps per baby variant")
     ap.add_argument("--gpt2-steps", type=int, default=2, help="timed steps per GPT-2 small shape (after one warm-up step)")
     ap.add_argument("--gpt2-batches", nargs="+", default=["1x256", "4x256", "1x1024"], help="BxT shapes for GPT-2 small")
-    ap.add_argument("--decode-tokens", type=int, default=256, help="tokens generated by decode-124m")
-    ap.add_argument("--json", default=None, help="write decode-124m's figures, with the machine line, to this JSON file")
+    ap.add_argument("--decode-tokens", type=int, default=256, help="tokens generated by decode-124m and decode-124m-graphs")
+    ap.add_argument("--json", default=None, help="write the decode-124m figures, with the machine line, to this JSON file")
     args = ap.parse_args()
     device = get_device(args.device)
     prec = precision_for(device, args.dtype)
@@ -160,8 +194,7 @@ def main():
     for n in args.threads:
         if n: torch.set_num_threads(n)
         print(machine_summary(device))
-        row = run(args, device, prec)
-        if row: rows.append(dict(threads=torch.get_num_threads(), **row))
+        rows += [dict(threads=torch.get_num_threads(), **row) for row in run(args, device, prec)]
     if args.json: write_json(args.json, {"machine": machine_summary(device), "rows": rows})
 
 

@@ -12,7 +12,12 @@
 - top-p keeps exactly the smallest set of tokens whose probability reaches p (a hand-made distribution);
 - generation leaves the model's training flag and parameters unchanged;
 - every bad input of the issue's list is a one-line CourseError naming the value; the context rules (error naming
-  both lengths, truncation from the left, "length" at the context for both position schemes); chat.
+  both lengths, truncation from the left, "length" at the context for both position schemes); chat;
+- the fixed-shape path (`StaticKVCache`, `StaticDecoder`): its greedy completions equal the engine's for both
+  variants (one prompt, rows of one length, n samples, the context reached), eager and compiled with inductor;
+  end tokens and stop strings cut exactly as the engine cuts them whatever `sync_every`; the step is traced
+  once for every position (one graph, no host sync: `fullgraph=True`); the on-device sampler (exponential race)
+  draws from `filter_probs`; seeds; the model unchanged; its bad inputs.
 """
 import random
 from dataclasses import replace
@@ -22,7 +27,8 @@ import torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from chatgpt_course.core import CourseError
-from chatgpt_course.engine import Engine, SamplingParams, ScriptedModel, TextStream, filter_probs, sample
+from chatgpt_course.engine import (Engine, SamplingParams, ScriptedModel, StaticDecoder, StaticKVCache, TextStream,
+                                   filter_probs, sample, _pick_on_device)
 from chatgpt_course.model import GPT, GPTConfig
 from chatgpt_course.tokenizer import load_tokenizer, render_chat
 
@@ -250,3 +256,100 @@ def test_sample_matches_the_old_contract():
     assert s.startswith("ROMEO:") and s == sample(eng.model, TOK, "ROMEO:", 500, temperature=0.8, top_k=40, seed=2)
     with pytest.raises(CourseError, match="prompt 0 is empty"):
         sample(eng.model, TOK, "")
+
+
+# --- the fixed-shape path ---------------------------------------------------------------------------------------
+
+GREEDY = SamplingParams(max_new_tokens=10, temperature=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_static_greedy_equals_the_engine(variant):
+    eng = _engine(VARIANTS[variant])
+    for p in _prompts((1, 5, 14, 27, 31)):  # 27 and 31 reach the context of 32 before 10 tokens
+        assert StaticDecoder(eng).generate([p], GREEDY) == eng.generate([p], GREEDY)
+    same = _prompts((7, 7, 7), seed=1)
+    assert StaticDecoder(eng, batch_size=3, max_len=20).generate(same, GREEDY) == eng.generate(same, GREEDY)
+    assert StaticDecoder(eng, batch_size=6).generate(same[:2], replace(GREEDY, n=3)) == eng.generate(same[:2], replace(GREEDY, n=3))
+    short = StaticDecoder(eng, max_len=12).generate(same[:1], GREEDY)[0]  # the decoder's own max_len ends the row
+    assert (len(short.ids), short.finish_reason) == (5, "length") and short.ids == eng.generate(same[:1], GREEDY)[0].ids[:5]
+
+
+@pytest.mark.parametrize("sync_every", [1, 3, 16])
+def test_static_stops_where_the_engine_stops(sync_every):
+    prompt_ids = TOK.encode("Q: and then?")
+    out_ids = TOK.encode("Fine 🙂 你好.\nUser: again\nUser: more")
+    eng = _scripted_engine(prompt_ids, out_ids)
+    for params in (SamplingParams(max_new_tokens=40), SamplingParams(max_new_tokens=40, stop=("\nUser:", "never")),
+                   SamplingParams(max_new_tokens=4), SamplingParams(max_new_tokens=40, stop="好", n=2)):
+        got = StaticDecoder(eng, batch_size=params.n, sync_every=sync_every).generate([prompt_ids], params)
+        assert got == eng.generate([prompt_ids], params)
+        assert not any(s in c.text for c in got for s in params.stop)
+    assert got[0].text == "Fine 🙂 你" and got[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_static_step_is_one_graph_for_every_position(variant):
+    graphs = []
+    def count_graphs(gm, example_inputs): graphs.append(gm); return gm.forward
+    eng = _engine(VARIANTS[variant])
+    before = {k: v.clone() for k, v in eng.model.state_dict().items()}
+    dec = StaticDecoder(eng, compile=True, backend=count_graphs)
+    params = replace(GREEDY, max_new_tokens=20)
+    for p in _prompts((3, 9)):
+        assert dec.generate([p], params) == eng.generate([p], params)
+    assert len(graphs) == 1  # traced once, for every position of both calls: no shape changes, no graph breaks
+    assert not eng.model.training and all(torch.equal(v, before[k]) for k, v in eng.model.state_dict().items())
+    assert all(p.grad is None for p in eng.model.parameters())
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_static_compiled_with_inductor_equals_the_engine(variant):
+    eng = _engine(VARIANTS[variant])
+    dec = StaticDecoder(eng, compile=True)  # torch.compile's default mode: inductor's C++ kernels on the CPU
+    for p in _prompts((4, 11)):
+        assert dec.generate([p], GREEDY) == eng.generate([p], GREEDY)
+
+
+def test_static_sampler_draws_from_filter_probs():
+    probs = torch.tensor([0.05, 0.30, 0.10, 0.20, 0.15, 0.20])
+    logits = probs.log().expand(200_000, -1)
+    g = torch.Generator().manual_seed(0)
+    for params in (SamplingParams(), SamplingParams(temperature=0.7), SamplingParams(top_k=2),
+                   SamplingParams(top_p=0.6), SamplingParams(min_p=0.5), SamplingParams(temperature=0)):
+        want = filter_probs(logits[:1], params)[0]
+        got = torch.bincount(_pick_on_device(logits, params, torch.rand(logits.shape, generator=g)), minlength=6) / len(logits)
+        assert (got - want).abs().max() < 0.006, (params, got, want)  # 5 standard deviations at most
+        assert (got[want == 0] == 0).all()
+
+
+def test_static_samples_follow_the_seed():
+    eng = _engine()
+    dec = StaticDecoder(eng, batch_size=3)
+    p = SamplingParams(max_new_tokens=12, temperature=1.0, top_k=100, n=3, seed=11)
+    torch.manual_seed(123); before = torch.random.get_rng_state()
+    a = dec.generate(["The cat"], p)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert [c.ids for c in dec.generate(["The cat"], p)] == [c.ids for c in a]
+    assert [c.ids for c in dec.generate(["The cat"], replace(p, seed=12))] != [c.ids for c in a]
+    assert len({tuple(c.ids) for c in a}) == 3
+
+
+STATIC_BAD = {
+    "sync_every of 0": (lambda e: StaticDecoder(e, sync_every=0), "sync_every must be an integer >= 1"),
+    "batch size 0": (lambda e: StaticDecoder(e, batch_size=0), "batch_size must be a positive integer, got 0"),
+    "max_len beyond the context": (lambda e: StaticDecoder(e, max_len=33), "max_len 33 must be between 1 and the model's block_size 32"),
+    "rows not the batch size": (lambda e: StaticDecoder(e, batch_size=2).generate(["Hi"], GREEDY), "decodes 2 row(s) in lockstep; got 1 prompt(s) x n=1 = 1"),
+    "prompts of different lengths": (lambda e: StaticDecoder(e, batch_size=2).generate([[1, 2], [3]], GREEDY), "must have one length; got [1, 2] tokens"),
+    "no room in max_len": (lambda e: StaticDecoder(e, max_len=4).generate([[1, 2, 3, 4]], GREEDY), "prompt of 4 tokens leaves no room in the decoder's max_len of 4"),
+    "engine checks still apply": (lambda e: StaticDecoder(e).generate([[3, 99999]], GREEDY), "token id 99999 at position 1 of prompt 0 is outside"),
+    "rows of a static cache": (lambda e: StaticKVCache(1, 2, 1, 4, 8).select([0]), "keeps its rows"),
+}
+
+
+@pytest.mark.parametrize("case", STATIC_BAD)
+def test_static_bad_input_is_one_line_course_error(case):
+    f, want = STATIC_BAD[case]
+    with pytest.raises(CourseError) as e:
+        f(_engine())
+    assert want in str(e.value) and "\n" not in str(e.value), str(e.value)
