@@ -34,7 +34,7 @@ class GPTConfig:
     n_layer: int = 12        # transformer blocks
     n_head: int = 12         # attention heads per block; n_embd must divide evenly among them
     n_embd: int = 768        # width d of the residual stream
-    dropout: float = 0.0     # 0.0 for pretraining (more data beats regularising); GPT-2 used 0.1
+    dropout: float = 0.0     # 0 for pretraining, as nanoGPT and Llama; Hugging Face's GPT-2 config has 0.1
     bias: bool = True        # biases in Linear and LayerNorm layers as GPT-2; False is slightly faster, as good
     norm: str = "layernorm"  # "layernorm" (GPT-2) or "rmsnorm" (Llama)
     pos: str = "learned"     # "learned" position table wpe (GPT-2) or "rope": rotary embeddings inside attention (Llama)
@@ -66,6 +66,7 @@ class GPTConfig:
         "True for GPT-2's own parts (layernorm, learned positions, gelu): the only variant `transformers.GPT2LMHeadModel` can run."
         return (self.norm, self.pos, self.mlp) == ("layernorm", "learned", "gelu")
 
+# %% ../nbs/04_gpt.ipynb #50bddd2c
 def swiglu_hidden(n_embd:int, # model width d
                   multiple_of:int=64, # round up to this, for efficient matmuls (Llama uses 256)
                  ) -> int:
@@ -139,6 +140,41 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), rope=rope, cache=cache)
         return x + self.mlp(self.ln_2(x))
 
+# %% ../nbs/04_gpt.ipynb #49b0c2eb
+def _check_input(config:GPTConfig, idx, targets, cache, lengths):
+    "CourseError for any input `GPT.forward` cannot run: shapes, ids outside the vocabulary, lengths, cache size."
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
+        raise CourseError(f"idx must be a (B, T) tensor of int64 token ids, got "
+                          f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}"
+                          f"{' ' + str(idx.dtype) if isinstance(idx, torch.Tensor) else ''}")
+    B, T = idx.shape
+    start = 0 if cache is None else cache.pos
+    if T < 1: raise CourseError("idx holds no tokens (T = 0); give at least one")
+    if start + T > config.block_size:
+        raise CourseError(f"sequence of {start + T} tokens" + (f" ({start} cached + {T} new)" if start else "")
+                          + f" is longer than the model's block_size {config.block_size}")
+    if cache is not None and cache.batch_size != B:
+        raise CourseError(f"KV cache was made for batch size {cache.batch_size}, idx has batch size {B}")
+    if targets is not None and tuple(targets.shape) != (B, T):
+        raise CourseError(f"targets must have idx's shape {(B, T)}, got {tuple(targets.shape)}")
+    if lengths is not None and (not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != (B,) or lengths.is_floating_point()):
+        raise CourseError(f"lengths must be a ({B},) integer tensor, one count of real tokens per row of idx, got "
+                          f"{tuple(lengths.shape) if isinstance(lengths, torch.Tensor) else type(lengths).__name__}")
+    if torch.compiler.is_compiling(): return  # a host sync would break the graph
+    stats = [idx.min(), idx.max()] + ([lengths.min(), lengths.max()] if lengths is not None else [])
+    if targets is not None:  # ignoring IGNORE_INDEX, every target must be a vocabulary id too
+        stats += [targets.masked_fill(targets == IGNORE_INDEX, 0).min(), targets.max()]
+    lo, hi, *rest = torch.stack(stats).tolist()  # one host sync for all the checks: on CUDA the CPU waits for the GPU here
+    V = config.vocab_size
+    if lo < 0 or hi >= V:
+        raise CourseError(f"token ids must be in [0, {V}) for vocab_size {V}, got ids from {lo} to {hi}")
+    if lengths is not None:
+        (l_lo, l_hi), rest = rest[:2], rest[2:]
+        if l_lo < 1 or l_hi > T: raise CourseError(f"lengths must be between 1 and idx's {T} tokens per row, got {l_lo} to {l_hi}")
+    if rest and (rest[0] < 0 or rest[1] >= V):
+        raise CourseError(f"target ids must be in [0, {V}) or IGNORE_INDEX ({IGNORE_INDEX}), got targets from {rest[0]} to {rest[1]}")
+
+
 # %% ../nbs/04_gpt.ipynb #9c370e68
 class GPT(nn.Module):
     "A decoder-only transformer with GPT-2's parameter names: `transformer.{wte, wpe, h, ln_f}` and a tied `lm_head`."
@@ -186,38 +222,6 @@ class GPT(nn.Module):
         return KVCache(self.config.n_layer, batch_size, self.config.n_head, self.config.head_dim, max_len,
                        device=w.device if device is None else device, dtype=w.dtype if dtype is None else dtype)
 
-    def _check_input(self, idx, targets, cache, lengths):
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
-            raise CourseError(f"idx must be a (B, T) tensor of int64 token ids, got "
-                              f"{tuple(idx.shape) if isinstance(idx, torch.Tensor) else type(idx).__name__}"
-                              f"{' ' + str(idx.dtype) if isinstance(idx, torch.Tensor) else ''}")
-        B, T = idx.shape
-        start = 0 if cache is None else cache.pos
-        if T < 1: raise CourseError("idx holds no tokens (T = 0); give at least one")
-        if start + T > self.config.block_size:
-            raise CourseError(f"sequence of {start + T} tokens" + (f" ({start} cached + {T} new)" if start else "")
-                              + f" is longer than the model's block_size {self.config.block_size}")
-        if cache is not None and cache.batch_size != B:
-            raise CourseError(f"KV cache was made for batch size {cache.batch_size}, idx has batch size {B}")
-        if targets is not None and tuple(targets.shape) != (B, T):
-            raise CourseError(f"targets must have idx's shape {(B, T)}, got {tuple(targets.shape)}")
-        if lengths is not None and (not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != (B,) or lengths.is_floating_point()):
-            raise CourseError(f"lengths must be a ({B},) integer tensor, one count of real tokens per row of idx, got "
-                              f"{tuple(lengths.shape) if isinstance(lengths, torch.Tensor) else type(lengths).__name__}")
-        if torch.compiler.is_compiling(): return  # a host sync would break the graph
-        stats = [idx.min(), idx.max()] + ([lengths.min(), lengths.max()] if lengths is not None else [])
-        if targets is not None:  # ignoring IGNORE_INDEX, every target must be a vocabulary id too
-            stats += [targets.masked_fill(targets == IGNORE_INDEX, 0).min(), targets.max()]
-        lo, hi, *rest = torch.stack(stats).tolist()  # one host sync for all the checks
-        V = self.config.vocab_size
-        if lo < 0 or hi >= V:
-            raise CourseError(f"token ids must be in [0, {V}) for vocab_size {V}, got ids from {lo} to {hi}")
-        if lengths is not None:
-            (l_lo, l_hi), rest = rest[:2], rest[2:]
-            if l_lo < 1 or l_hi > T: raise CourseError(f"lengths must be between 1 and idx's {T} tokens per row, got {l_lo} to {l_hi}")
-        if rest and (rest[0] < 0 or rest[1] >= V):
-            raise CourseError(f"target ids must be in [0, {V}) or IGNORE_INDEX ({IGNORE_INDEX}), got targets from {rest[0]} to {rest[1]}")
-
     def forward(self, idx:torch.Tensor, # (B, T) token ids
                 targets:torch.Tensor|None=None, # (B, T) next-token ids, IGNORE_INDEX where no loss is wanted
                 cache:KVCache|None=None, # decoding: earlier tokens' keys/values; each row of idx continues its own
@@ -225,7 +229,7 @@ class GPT(nn.Module):
                 lengths:torch.Tensor|None=None, # (B,) real tokens in each row of idx, right padding after them; default all T
                ) -> tuple[torch.Tensor, torch.Tensor|None]: # logits (B, T, V) and the mean loss (or None)
         "Logits for the next token at every position of idx, and the cross-entropy loss if targets are given."
-        self._check_input(idx, targets, cache, lengths)
+        _check_input(self.config, idx, targets, cache, lengths)
         if last_only and targets is not None: raise CourseError("last_only=True gives no loss: pass targets=None")
         T = idx.size(1)
         pos = torch.arange(T, device=idx.device) if cache is None else cache.positions(T)  # (T,), or (B, T) for rows of different lengths
@@ -298,6 +302,7 @@ def _check_hf_variant(config:GPTConfig):
         raise CourseError(f"only the GPT-2 variant (norm='layernorm', pos='learned', mlp='gelu') has a Hugging Face GPT-2 "
                           f"layout; this model has norm={config.norm!r}, pos={config.pos!r}, mlp={config.mlp!r}")
 
+# %% ../nbs/04_gpt.ipynb #d7ff1392
 def to_hf_state_dict(model:GPT) -> dict[str, torch.Tensor]:
     "Our weights under GPT-2's checkpoint names and layout (Conv1D weights transposed, zeros for absent biases)."
     _check_hf_variant(model.config)
@@ -311,6 +316,7 @@ def to_hf_state_dict(model:GPT) -> dict[str, torch.Tensor]:
             sd[name] = torch.zeros(shape, dtype=ours["transformer.wte.weight"].dtype, device=ours["transformer.wte.weight"].device)
     return sd
 
+# %% ../nbs/04_gpt.ipynb #97d36abf
 def from_hf_state_dict(sd:dict[str, torch.Tensor], # a GPT-2 state dict, with or without the "transformer." prefix
                        config:GPTConfig, # the shape it must have (the GPT-2 variant, bias=True)
                       ) -> GPT:
@@ -357,6 +363,7 @@ def hf_config(config:GPTConfig) -> dict:
             "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False, "tie_word_embeddings": True,
             "bos_token_id": eot, "eos_token_id": eot, "use_cache": True, "dtype": "float32"}
 
+# %% ../nbs/04_gpt.ipynb #f3d17084
 def save_hf(model:GPT, # a GPT-2 variant model (layernorm, learned positions, gelu)
             path:str|Path, # a directory, created if needed
            ) -> Path:
@@ -373,6 +380,7 @@ def save_hf(model:GPT, # a GPT-2 variant model (layernorm, learned positions, ge
     write_json(path / "config.json", cfg, indent=2)
     return path
 
+# %% ../nbs/04_gpt.ipynb #65f8c9ab
 def config_from_hf(hf:dict) -> GPTConfig:
     "Our GPTConfig from a Hugging Face GPT-2 `config.json` dict; CourseError for anything our model would compute differently."
     if hf.get("model_type") != "gpt2":
@@ -390,6 +398,7 @@ def config_from_hf(hf:dict) -> GPTConfig:
                      n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), n_embd=d,
                      dropout=float(hf.get("resid_pdrop", 0.0)), bias=True, gelu_approx=_HF_ACTIVATIONS[act])
 
+# %% ../nbs/04_gpt.ipynb #72a10eaf
 def load_hf(path:str|Path, # a directory with config.json and model.safetensors (or a sharded index)
            ) -> GPT:
     "Our `GPT` from a Hugging Face GPT-2 checkpoint directory, read with safetensors and the files module only."

@@ -136,16 +136,23 @@ def train_step(model:nn.Module, # the model as trained (possibly DDP-, FSDP- or 
 # %% ../nbs/05b_optimization.ipynb #f3082016
 PEAK_FLOPS = [("H100 PCIe", 756e12), ("H200", 989e12), ("H100", 989e12), ("GH200", 989e12), ("A100", 312e12)]  # dense bf16 FLOP/s
 
-def _cpu_flags_and_mhz() -> tuple[str, float]:
-    try: info = open("/proc/cpuinfo").read()
-    except OSError: return "", 0.0
-    flags = next((l for l in info.splitlines() if l.startswith("flags")), "")
-    mhz = [float(l.split(":")[1]) for l in info.splitlines() if l.startswith("cpu MHz")]
-    return flags, max(mhz) if mhz else 0.0
+def _cpu_info() -> tuple[str, float, int]:
+    "The CPU's flags, its clock in MHz (the maximum where the kernel reports one, else the highest current) and its physical cores."
+    try: lines = open("/proc/cpuinfo").read().splitlines()
+    except OSError: return "", 0.0, 0
+    flags = next((l for l in lines if l.startswith("flags")), "")
+    mhz = [float(l.split(":")[1]) for l in lines if l.startswith("cpu MHz")]
+    try: mhz = [int(open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read()) / 1e3]  # kHz there
+    except (OSError, ValueError): pass
+    cores, package = set(), ""
+    for l in lines:  # SMT siblings share a core id: count (package, core) pairs
+        if l.startswith("physical id"): package = l.split(":")[1].strip()
+        elif l.startswith("core id"): cores.add((package, l.split(":")[1].strip()))
+    return flags, max(mhz) if mhz else 0.0, len(cores)
 
 def peak_flops(device:str|torch.device, # the device a run uses
               ) -> tuple[float|None, str]:
-    "The device's peak FLOP/s for MFU and how it was found: a datasheet figure, a CPU estimate, or None (n/a)."
+    "The device's peak FLOP/s for MFU and how it was found: a datasheet figure, a rough CPU upper bound, or None (n/a)."
     device = torch.device(device)
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
@@ -153,12 +160,12 @@ def peak_flops(device:str|torch.device, # the device a run uses
             if key in name: return flops, f"{name}: {flops / 1e12:.0f} TFLOP/s bf16 (datasheet)"
         return None, f"{name}: peak unknown, MFU n/a"
     if device.type == "cpu":
-        flags, mhz = _cpu_flags_and_mhz()
-        per_cycle = 64 if "avx512f" in flags else 32
+        flags, mhz, cores = _cpu_info()
+        per_cycle = 64 if "avx512f" in flags else 32  # fp32 FLOP per cycle and core: two FMA units, 8 (AVX2) or 16 (AVX-512) wide
         ghz = mhz / 1e3 if mhz else 2.5
-        threads = torch.get_num_threads()
-        return threads * per_cycle * ghz * 1e9, (f"CPU estimate: {threads} threads x {per_cycle} FLOP/cycle x {ghz:.2f} GHz "
-                                                 f"= {threads * per_cycle * ghz:.0f} GFLOP/s")
+        units = min(torch.get_num_threads(), cores) if cores else torch.get_num_threads()  # threads beyond the cores add no FMA units
+        return units * per_cycle * ghz * 1e9, (f"CPU rough upper bound: {units} cores x {per_cycle} FLOP/cycle x {ghz:.2f} GHz "
+                                               f"= {units * per_cycle * ghz:.0f} GFLOP/s")
     return None, f"{device.type}: peak unknown, MFU n/a"
 
 def mfu(flops_per_token:float, # training FLOPs per token (model.flops_per_token)
