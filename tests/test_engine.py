@@ -211,12 +211,15 @@ BAD = {  # the issue's list: each a one-line CourseError naming the value and wh
 }
 
 
-@pytest.mark.parametrize("case", BAD)
-def test_bad_input_is_one_line_course_error(case):
-    f, want = BAD[case]
+def _assert_one_line_error(f, want):
     with pytest.raises(CourseError) as e:
         f(_engine())
     assert want in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line_course_error(case):
+    _assert_one_line_error(*BAD[case])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -349,7 +352,4 @@ STATIC_BAD = {
 
 @pytest.mark.parametrize("case", STATIC_BAD)
 def test_static_bad_input_is_one_line_course_error(case):
-    f, want = STATIC_BAD[case]
-    with pytest.raises(CourseError) as e:
-        f(_engine())
-    assert want in str(e.value) and "\n" not in str(e.value), str(e.value)
+    _assert_one_line_error(*STATIC_BAD[case])
