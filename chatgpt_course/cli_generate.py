@@ -35,6 +35,7 @@ def _add_common_flags(p:argparse.ArgumentParser):
                    help="end a completion where it writes STR; STR is not printed (repeatable)")
     return g
 
+# %% ../nbs/10d_cli_generate.ipynb #d642e9f7
 def sample_parser(prog:str="chatgpt-course sample") -> argparse.ArgumentParser:
     "The `sample` command's parser."
     p = argparse.ArgumentParser(prog=prog, description="Continue a prompt with a trained model: the prompt and its continuation on stdout, "
@@ -54,6 +55,7 @@ def chat_parser(prog:str="chatgpt-course chat") -> argparse.ArgumentParser:
     _add_common_flags(p)
     return p
 
+# %% ../nbs/10d_cli_generate.ipynb #84e8f1f6
 _SAMPLING_FLAGS = ("max_new_tokens", "temperature", "top_k", "top_p", "min_p", "seed", "n")
 
 def sampling_params(args:argparse.Namespace) -> SamplingParams:
@@ -129,6 +131,7 @@ def _fit_context(engine:Engine, messages:list[dict], params:SamplingParams) -> l
     if dropped: print(f"(the oldest {dropped} turn{'s' * (dropped > 1)} left out to fit the context of {bs} tokens)", file=sys.stderr)
     return messages
 
+# %% ../nbs/10d_cli_generate.ipynb #2762717f
 def _reply(engine:Engine, messages:list[dict], params:SamplingParams) -> str:
     "Stream the assistant's reply to stdout, a newline after it; return its text."
     reply = engine.chat(messages, params, stream=True)
@@ -137,6 +140,7 @@ def _reply(engine:Engine, messages:list[dict], params:SamplingParams) -> str:
     if reply.finish_reason == "length": print(f"(the reply was cut at {len(reply.ids)} tokens)", file=sys.stderr)
     return reply.text
 
+# %% ../nbs/10d_cli_generate.ipynb #493bf13f
 def cli_chat(argv:list[str], # the arguments after `chatgpt-course chat`
              prog:str="chatgpt-course chat", # the name in usage and help messages
             ) -> int:

@@ -40,6 +40,7 @@ def _add_config_flags(parser:argparse.ArgumentParser, cls, default_group:str):
         if t is bool: g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
         else: g.add_argument(flag, dest=f.name, type=t, default=None, metavar=t.__name__.upper(), help=help)
 
+# %% ../nbs/10c_cli_train.ipynb #f699743d
 def pretrain_parser(prog:str="chatgpt-course pretrain") -> argparse.ArgumentParser:
     "The `pretrain` command's parser: --preset, --out, --resume and one flag per config field."
     p = argparse.ArgumentParser(prog=prog, description="Pretrain a GPT from a preset; every config field can be overridden. "
@@ -53,6 +54,7 @@ def pretrain_parser(prog:str="chatgpt-course pretrain") -> argparse.ArgumentPars
     _add_config_flags(p, TrainConfig, "run")
     return p
 
+# %% ../nbs/10c_cli_train.ipynb #6e65b7a2
 def config_from_args(args:argparse.Namespace) -> tuple[TrainConfig, Path]:
     "The TrainConfig and run directory that parsed `pretrain` flags ask for."
     out = Path(args.out) if args.out else runs_path(args.preset)

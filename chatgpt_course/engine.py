@@ -385,6 +385,58 @@ def _pick_on_device(logits:torch.Tensor, # (B, V) next-token scores
     if params.temperature == 0: return logits.argmax(-1)
     return (filter_probs(logits, params) / -u.log()).argmax(-1)  # argmax p_i / E_i with E_i = -log U_i ~ Exp(1); p_i = 0 never wins
 
+# %% ../nbs/04b_generation.ipynb #d78e9bdd
+def _lockstep_rows(engine:Engine, prompts:list[str|list[int]], params:SamplingParams,
+                   batch_size:int, # rows the decoder runs in lockstep
+                   max_len:int, # slots of its static cache
+                  ) -> list[list[int]]: # params.n rows of each prompt, prompt-major, all of one length
+    "The rows of a `StaticDecoder` call, after `Engine`'s checks and its own: `batch_size` rows of one length, with room to grow."
+    rows = [p for p in _prepare(engine.model, engine.tokenizer, prompts, params) for _ in range(params.n)]
+    if len(rows) != batch_size:
+        raise CourseError(f"this StaticDecoder decodes {batch_size} row(s) in lockstep; got {len(prompts)} prompt(s) x n={params.n} = {len(rows)}")
+    if len({len(r) for r in rows}) > 1:
+        raise CourseError(f"a StaticDecoder's rows run in lockstep, so its prompts must have one length; got {sorted({len(r) for r in rows})} "
+                          f"tokens (Engine.generate decodes prompts of different lengths)")
+    P = len(rows[0])
+    if P >= max_len: raise CourseError(f"a prompt of {P} tokens leaves no room in the decoder's max_len of {max_len} slots")
+    return rows
+
+# %% ../nbs/04b_generation.ipynb #32c9db29
+def _race_noise(params:SamplingParams, B:int, V:int, device) -> Callable[[], torch.Tensor|None]:
+    "A source of the race's noise: each call a fresh (B, V) uniform tensor from one generator seeded by `params.seed`; None for greedy."
+    if params.temperature == 0: return lambda: None
+    g = torch.Generator(device=device)
+    if params.seed is None: g.seed()  # fresh entropy, and still no global random state touched
+    else: g.manual_seed(params.seed)
+    return lambda: torch.rand(B, V, generator=g, device=device)
+
+# %% ../nbs/04b_generation.ipynb #84a45cda
+def _read_new(out:list[Completion], # one per row, extended in place
+              streams:list[TextStream], # one per row: the text and the stop strings so far
+              new_ids:torch.Tensor, # (B, N) each row's tokens written since the last read, on the device
+              prompt_len:int, end_ids:set[int], params:SamplingParams,
+              context:int, # the decoder's max_len: a row that fills it ends with "length"
+             ) -> bool: # every row has finished
+    "Apply one read of the new tokens to every row, as `Engine` does: text, stop strings, end tokens and finish reasons."
+    for c, stream, got in zip(out, streams, new_ids.tolist()):  # one host sync
+        for t in got:
+            if c.finish_reason: break
+            c.ids.append(t)
+            text, why = _take(t, stream, len(c.ids), prompt_len, end_ids, params, context)
+            c.text += text; c.finish_reason = why or ""
+    return all(c.finish_reason for c in out)
+
+# %% ../nbs/04b_generation.ipynb #488b4434
+def _compiled(step:Callable, # the eager step
+              written:tuple[torch.Tensor, ...], # the tensors it writes in place, at the same address every step
+              compile:bool|str, # False: keep it eager; True: torch.compile's default mode; or a mode such as "reduce-overhead"
+              backend:str|Callable) -> Callable:
+    "`step` compiled whole, for fixed shapes (one graph, replayed at every step), or `step` itself if `compile` is False."
+    if compile is False: return step
+    for t in written: torch._dynamo.mark_static_address(t)
+    mode = {} if compile is True else {"mode": compile}
+    return torch.compile(step, backend=backend, fullgraph=True, dynamic=False, **mode)
+
 # %% ../nbs/04b_generation.ipynb #14c56d2f
 class StaticDecoder:
     "Decoding with the same shapes at every step, so that torch.compile can make each step one CUDA graph: batch-1 latency on a GPU."
@@ -401,14 +453,7 @@ class StaticDecoder:
         self.engine, self.batch_size, self.sync_every, self.V = engine, batch_size, sync_every, engine.tokenizer.n_vocab
         self.cache = StaticKVCache(plain.n_layer, batch_size, plain.n_head, plain.head_dim, plain.max_len, plain.k.device, plain.k.dtype)
         self.ids = torch.zeros(batch_size, plain.max_len, dtype=torch.long, device=plain.k.device)  # (B, S) every row's tokens, by slot
-        self._step = self._decode_step
-        if compile is not False:
-            for t in (self.cache.k, self.cache.v, self.cache.slot, self.ids):
-                torch._dynamo.mark_static_address(t)  # written in place at every replay: a CUDA graph may keep their addresses
-            mode = {} if compile is True else {"mode": compile}
-            # fullgraph: a host sync or any other graph break inside the step is an error, not a silent slow path
-            self._step = torch.compile(self._decode_step, backend=backend, fullgraph=True, dynamic=False, **mode)
-
+        self._step = _compiled(self._decode_step, (self.cache.k, self.cache.v, self.cache.slot, self.ids), compile, backend)
     def _decode_step(self, params:SamplingParams, u:torch.Tensor|None):
         "One token for every row, all on the device: read the token at `slot`, run the model (which moves `slot` on), write the pick there."
         token = self.ids.index_select(1, self.cache.slot)  # (B, 1)
@@ -418,37 +463,17 @@ class StaticDecoder:
     @torch.no_grad()
     def generate(self, prompts:list[str|list[int]], params:SamplingParams=SamplingParams()) -> list[Completion]:
         "`params.n` completions of each prompt, prompt-major, as `Engine.generate` returns them; the prompts must have one length."
-        eng = self.engine
-        rows = [p for p in _prepare(eng.model, eng.tokenizer, prompts, params) for _ in range(params.n)]
-        B, P, S, dev = len(rows), len(rows[0]), self.cache.max_len, self.ids.device
-        if B != self.batch_size:
-            raise CourseError(f"this StaticDecoder decodes {self.batch_size} row(s) in lockstep; got {len(prompts)} prompt(s) x n={params.n} = {B}")
-        if len({len(r) for r in rows}) > 1:
-            raise CourseError(f"a StaticDecoder's rows run in lockstep, so its prompts must have one length; got {sorted({len(r) for r in rows})} "
-                              f"tokens (Engine.generate decodes prompts of different lengths)")
-        if P >= S: raise CourseError(f"a prompt of {P} tokens leaves no room in the decoder's max_len of {S} slots")
-        new = min(params.max_new_tokens, S - P)  # tokens each row may get: it never feeds a token past slot S - 1
-        noise = lambda: None  # greedy
-        if params.temperature > 0:
-            g = torch.Generator(device=dev)
-            if params.seed is None: g.seed()
-            else: g.manual_seed(params.seed)
-            noise = lambda: torch.rand(B, self.V, generator=g, device=dev)
-        self.cache.reset()
-        self.ids[:, :P] = torch.tensor(rows, device=dev)
+        eng, S, dev = self.engine, self.cache.max_len, self.ids.device
+        rows = _lockstep_rows(eng, prompts, params, self.batch_size, S)
+        P = len(rows[0]); new = min(params.max_new_tokens, S - P)  # tokens each row may get: it never feeds a token past slot S - 1
+        noise = _race_noise(params, len(rows), self.V, dev)
+        self.cache.reset(); self.ids[:, :P] = torch.tensor(rows, device=dev)
         logits = eng.model(self.ids[:, :P], cache=self.cache, last_only=True)[0][:, -1, :self.V]  # the prefill, eager: its shape is the prompt's
         self.ids[:, P] = _pick_on_device(logits, params, noise())
-        streams = [TextStream(eng.tokenizer, params.stop) for _ in rows]
-        out = [Completion("", [], "", P) for _ in rows]
+        streams, out = [TextStream(eng.tokenizer, params.stop) for _ in rows], [Completion("", [], "", P) for _ in rows]
         written, read = 1, 0  # new tokens in `ids`, and how many of them the host has looked at
         while True:
             if written == new or written - read == self.sync_every:
-                for c, stream, got in zip(out, streams, self.ids[:, P + read:P + written].tolist()):  # one host sync
-                    for t in got:
-                        if c.finish_reason: break
-                        c.ids.append(t)
-                        text, why = _take(t, stream, len(c.ids), P, eng.end_ids, params, S)
-                        c.text += text; c.finish_reason = why or ""
+                if _read_new(out, streams, self.ids[:, P + read:P + written], P, eng.end_ids, params, S) or written == new: return out
                 read = written
-                if written == new or all(c.finish_reason for c in out): return out
             self._step(params, noise()); written += 1

@@ -85,6 +85,16 @@ def _grad_sync(model:nn.Module, sync:bool):
         return off()
     return nullcontext()
 
+# %% ../nbs/05b_optimization.ipynb #4cd0c49c
+def _stop_unless_finite(value:float, # the step's loss or gradient norm
+                        what:str, # its name, for the message
+                        step:int, optimizer:torch.optim.Optimizer):
+    "Drop the step's gradients and raise, before the weights are updated, if `value` is infinite or NaN."
+    if math.isfinite(value): return
+    optimizer.zero_grad(set_to_none=True)
+    raise CourseError(f"the {what} became {value} at step {step}; stopped before updating the weights "
+                      "(lower the learning rate, or check the data)")
+
 # %% ../nbs/05b_optimization.ipynb #3eb5ed0b
 def train_step(model:nn.Module, # the model as trained (possibly DDP-, FSDP- or compile-wrapped)
                batches:list, # this process's micro-batches for one step
@@ -115,22 +125,15 @@ def train_step(model:nn.Module, # the model as trained (possibly DDP-, FSDP- or 
         optimizer.zero_grad(set_to_none=True)
         return {"loss": None, "grad_norm": 0.0, "targets": 0}
     loss_v = loss_total / n_total
-    if not math.isfinite(loss_v):
-        optimizer.zero_grad(set_to_none=True)
-        raise CourseError(f"the training loss became {loss_v} at step {step}; stopped before updating the weights "
-                          "(lower the learning rate, or check the data)")
+    _stop_unless_finite(loss_v, "training loss", step, optimizer)
     scaler.unscale_(optimizer)
     fix = norm_hint * world / n_total  # DDP and FSDP averaged over `world` processes; we want the sum over all targets / n_total
     for p in params:
         if p.grad is not None: p.grad.mul_(fix)
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
     norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # FSDP: a sharded (DTensor) norm
-    if not math.isfinite(norm) and not scaler.is_enabled():
-        optimizer.zero_grad(set_to_none=True)
-        raise CourseError(f"the gradient norm became {norm} at step {step}; stopped before updating the weights "
-                          "(lower the learning rate, or check the data)")
-    scaler.step(optimizer); scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    if not scaler.is_enabled(): _stop_unless_finite(norm, "gradient norm", step, optimizer)  # fp16: the scaler skips such a step itself
+    scaler.step(optimizer); scaler.update(); optimizer.zero_grad(set_to_none=True)
     return {"loss": loss_v, "grad_norm": norm, "targets": int(n_total), **{k: v / n_total for k, v in zip(keys, m)}}
 
 # %% ../nbs/05b_optimization.ipynb #f3082016
@@ -150,6 +153,7 @@ def _cpu_info() -> tuple[str, float, int]:
         elif l.startswith("core id"): cores.add((package, l.split(":")[1].strip()))
     return flags, max(mhz) if mhz else 0.0, len(cores)
 
+# %% ../nbs/05b_optimization.ipynb #5f12b0cd
 def peak_flops(device:str|torch.device, # the device a run uses
               ) -> tuple[float|None, str]:
     "The device's peak FLOP/s for MFU and how it was found: a datasheet figure, a rough CPU upper bound, or None (n/a)."
