@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from fastcore.basics import patch  # adds a method to a class defined in an earlier cell
 
 from .core import CourseError
 
@@ -81,10 +82,6 @@ class RowLengths:
         self.pos = 0          # the longest row's length: slots 0..pos-1 are in use
         self.ragged = False   # rows hold different numbers of tokens: positions and the mask are then per row
 
-    def _check_room(self, T:int):
-        if self.pos + T > self.max_len:
-            raise CourseError(f"KV cache overflow: {self.pos} tokens stored + {T} new = {self.pos + T} > max_len {self.max_len}")
-
     def positions(self, T:int) -> torch.Tensor: # (T,) while every row holds pos tokens, else (B, T)
         "The positions of `T` new tokens: each row carries on from its own length."
         new = torch.arange(T, device=self.lengths.device)
@@ -95,23 +92,32 @@ class RowLengths:
         if not self.ragged: return None  # the plain causal rule (last query lined up with the last key) is exact
         return (torch.arange(self.pos + T, device=self.lengths.device) <= self.positions(T)[..., None])[:, None]
 
-    def advance(self, n:int|torch.Tensor): # tokens just stored: one count for every row, or (B,) counts, one per row
-        "Move the lengths on once every layer has stored the current step's tokens."
-        if isinstance(n, int): self._check_room(n); self.lengths += n; self.pos += n; return
-        n = torch.as_tensor(n, dtype=torch.long, device=self.lengths.device)
-        if n.dim() == 0: n = n.expand(self.batch_size)  # one tensor count for every row
-        if n.shape != (self.batch_size,):
-            raise CourseError(f"advance takes an int or {self.batch_size} per-row counts, got shape {tuple(n.shape)}")
-        self._set_lengths(self.lengths + n)
+# %% ../nbs/03_attention.ipynb #7265006f
+@patch
+def _check_room(self:RowLengths, T:int):
+    if self.pos + T > self.max_len:
+        raise CourseError(f"KV cache overflow: {self.pos} tokens stored + {T} new = {self.pos + T} > max_len {self.max_len}")
 
-    def _set_lengths(self, lengths:torch.Tensor):
-        lo, hi = torch.stack([lengths.min(), lengths.max()]).tolist()  # one host sync
-        if lo < 0 or hi > self.max_len: raise CourseError(f"row lengths must stay within 0..max_len {self.max_len}, got {lo}..{hi}")
-        self.lengths, self.pos, self.ragged = lengths, hi, lo != hi
+@patch
+def advance(self:RowLengths, n:int|torch.Tensor): # tokens just stored: one count for every row, or (B,) counts, one per row
+    "Move the lengths on once every layer has stored the current step's tokens."
+    if isinstance(n, int): self._check_room(n); self.lengths += n; self.pos += n; return
+    n = torch.as_tensor(n, dtype=torch.long, device=self.lengths.device)
+    if n.dim() == 0: n = n.expand(self.batch_size)  # one tensor count for every row
+    if n.shape != (self.batch_size,):
+        raise CourseError(f"advance takes an int or {self.batch_size} per-row counts, got shape {tuple(n.shape)}")
+    self._set_lengths(self.lengths + n)
 
-    def reset(self):
-        "Forget everything stored (the memory is kept for the next sequences)."
-        self.lengths.zero_(); self.pos, self.ragged = 0, False
+@patch
+def _set_lengths(self:RowLengths, lengths:torch.Tensor):
+    lo, hi = torch.stack([lengths.min(), lengths.max()]).tolist()  # one host sync
+    if lo < 0 or hi > self.max_len: raise CourseError(f"row lengths must stay within 0..max_len {self.max_len}, got {lo}..{hi}")
+    self.lengths, self.pos, self.ragged = lengths, hi, lo != hi
+
+@patch
+def reset(self:RowLengths):
+    "Forget everything stored (the memory is kept for the next sequences)."
+    self.lengths.zero_(); self.pos, self.ragged = 0, False
 
 # %% ../nbs/03_attention.ipynb #87874c4f
 class KVCache(RowLengths):
@@ -131,37 +137,6 @@ class KVCache(RowLengths):
         self.k = torch.zeros(n_layer, batch_size, n_head, max_len, head_dim, device=device, dtype=dtype)
         self.v = torch.zeros_like(self.k)
 
-    def update(self, layer_idx:int, # which layer's slot
-               k:torch.Tensor, # new keys (B, nh, T, hs)
-               v:torch.Tensor, # new values (B, nh, T, hs)
-              ) -> tuple[torch.Tensor, torch.Tensor]: # keys and values in slots 0..pos+T-1, each (B, nh, pos+T, hs)
-        "Write the new keys and values after each row's stored ones (without advancing) and return every slot in use."
-        if not 0 <= layer_idx < self.n_layer:
-            raise CourseError(f"KV cache layer_idx {layer_idx} is out of range for a cache of {self.n_layer} layer(s)")
-        want = (self.batch_size, self.n_head, self.head_dim)
-        if k.dim() != 4 or (k.size(0), k.size(1), k.size(3)) != want or k.shape != v.shape:
-            raise CourseError(f"KV cache expects keys and values of shape (B={want[0]}, nh={want[1]}, T, hs={want[2]}), "
-                              f"got k {tuple(k.shape)} and v {tuple(v.shape)}")
-        T = k.size(2)
-        self._check_room(T)
-        if self.ragged:  # row b writes at its own slots lengths[b]..lengths[b]+T-1
-            rows, slots = torch.arange(self.batch_size, device=k.device)[:, None], self.positions(T)  # (B, 1), (B, T)
-            self.k[layer_idx][rows, :, slots] = k.transpose(1, 2)  # the indexed slots, (B, T, nh, hs)
-            self.v[layer_idx][rows, :, slots] = v.transpose(1, 2)
-        else:
-            self.k[layer_idx, :, :, self.pos:self.pos + T] = k
-            self.v[layer_idx, :, :, self.pos:self.pos + T] = v
-        return self.k[layer_idx, :, :, :self.pos + T], self.v[layer_idx, :, :, :self.pos + T]
-
-    def select(self, rows) -> KVCache: # row indices in their new order; a repeated index copies that row
-        "Keep only these rows (in place): drop finished sequences, or repeat a prompt's row to sample it `n` times."
-        rows = torch.as_tensor(rows, dtype=torch.long, device=self.lengths.device)
-        if rows.dim() != 1 or len(rows) < 1 or int(rows.min()) < 0 or int(rows.max()) >= self.batch_size:
-            raise CourseError(f"KV cache select needs a non-empty list of rows in 0..{self.batch_size - 1}, got {rows.tolist()}")
-        self.k, self.v, self.batch_size = self.k[:, rows], self.v[:, rows], len(rows)
-        self._set_lengths(self.lengths[rows])
-        return self
-
     @property
     def nbytes(self) -> int:
         "Bytes held by the cache: 2 (k and v) x n_layer x B x nh x max_len x hs x bytes per number."
@@ -171,6 +146,41 @@ class KVCache(RowLengths):
         rows = f"lengths={self.lengths.tolist()}" if self.ragged else f"pos={self.pos}"
         return (f"KVCache(n_layer={self.n_layer}, batch_size={self.batch_size}, n_head={self.n_head}, head_dim={self.head_dim}, "
                 f"max_len={self.max_len}, {rows}, dtype={self.k.dtype}, {self.nbytes/2**20:.2f} MiB)")
+
+# %% ../nbs/03_attention.ipynb #d4ad27d9
+@patch
+def update(self:KVCache, layer_idx:int, # which layer's slot
+           k:torch.Tensor, # new keys (B, nh, T, hs)
+           v:torch.Tensor, # new values (B, nh, T, hs)
+          ) -> tuple[torch.Tensor, torch.Tensor]: # keys and values in slots 0..pos+T-1, each (B, nh, pos+T, hs)
+    "Write the new keys and values after each row's stored ones (without advancing) and return every slot in use."
+    if not 0 <= layer_idx < self.n_layer:
+        raise CourseError(f"KV cache layer_idx {layer_idx} is out of range for a cache of {self.n_layer} layer(s)")
+    want = (self.batch_size, self.n_head, self.head_dim)
+    if k.dim() != 4 or (k.size(0), k.size(1), k.size(3)) != want or k.shape != v.shape:
+        raise CourseError(f"KV cache expects keys and values of shape (B={want[0]}, nh={want[1]}, T, hs={want[2]}), "
+                          f"got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    T = k.size(2)
+    self._check_room(T)
+    if self.ragged:  # row b writes at its own slots lengths[b]..lengths[b]+T-1
+        rows, slots = torch.arange(self.batch_size, device=k.device)[:, None], self.positions(T)  # (B, 1), (B, T)
+        self.k[layer_idx][rows, :, slots] = k.transpose(1, 2)  # the indexed slots, (B, T, nh, hs)
+        self.v[layer_idx][rows, :, slots] = v.transpose(1, 2)
+    else:
+        self.k[layer_idx, :, :, self.pos:self.pos + T] = k
+        self.v[layer_idx, :, :, self.pos:self.pos + T] = v
+    return self.k[layer_idx, :, :, :self.pos + T], self.v[layer_idx, :, :, :self.pos + T]
+
+# %% ../nbs/03_attention.ipynb #894e6b75
+@patch
+def select(self:KVCache, rows) -> KVCache: # row indices in their new order; a repeated index copies that row
+    "Keep only these rows (in place): drop finished sequences, or repeat a prompt's row to sample it `n` times."
+    rows = torch.as_tensor(rows, dtype=torch.long, device=self.lengths.device)
+    if rows.dim() != 1 or len(rows) < 1 or int(rows.min()) < 0 or int(rows.max()) >= self.batch_size:
+        raise CourseError(f"KV cache select needs a non-empty list of rows in 0..{self.batch_size - 1}, got {rows.tolist()}")
+    self.k, self.v, self.batch_size = self.k[:, rows], self.v[:, rows], len(rows)
+    self._set_lengths(self.lengths[rows])
+    return self
 
 # %% ../nbs/03_attention.ipynb #05a92b11
 def rope_cache(head_dim:int, # size of one head; must be even (dimensions are rotated in pairs)
@@ -215,8 +225,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout, self.fused, self.layer_idx = dropout, fused, layer_idx
         self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)  # q, k, v for all heads in one matmul, GPT-2's layout
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)      # mixes the heads' outputs back into the residual stream
-        self.attn_dropout = nn.Dropout(dropout)
-        self.resid_dropout = nn.Dropout(dropout)
+        self.attn_dropout, self.resid_dropout = nn.Dropout(dropout), nn.Dropout(dropout)  # on the weights; on the output
 
     def forward(self, x:torch.Tensor, # (B, T, C)
                 rope:tuple[torch.Tensor, torch.Tensor]|None=None, # (cos, sin) for x's positions (see apply_rope), or None

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch  # adds a method to a class defined in an earlier cell
 
 from .core import CourseError
 from .files import atomic_write, read_json, refuse_bundled, write_json
@@ -21,11 +22,10 @@ __all__ = ['IGNORE_INDEX', 'GPT2_SHAPES', 'GPTConfig', 'swiglu_hidden', 'RMSNorm
            'Block', 'GPT', 'count_params', 'flops_per_token', 'training_memory', 'to_hf_state_dict',
            'from_hf_state_dict', 'hf_config', 'save_hf', 'config_from_hf', 'load_hf', 'load_gpt2_pretrained']
 
-# %% ../nbs/04_gpt.ipynb #84ab29ff
-IGNORE_INDEX = -100  # target id left out of the loss (PyTorch's cross_entropy default): fine-tuning sets it on prompt tokens
-
+# %% ../nbs/04_gpt.ipynb #3f4209e7
 _CHOICES = {"norm": ("layernorm", "rmsnorm"), "pos": ("learned", "rope"), "mlp": ("gelu", "swiglu"), "gelu_approx": ("tanh", "none")}
 
+# %% ../nbs/04_gpt.ipynb #84ab29ff
 @dataclass
 class GPTConfig:
     "The shape of a GPT: GPT-2 small by default; `norm`, `pos` and `mlp` choose GPT-2's or Llama's parts."
@@ -140,6 +140,9 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), rope=rope, cache=cache)
         return x + self.mlp(self.ln_2(x))
 
+# %% ../nbs/04_gpt.ipynb #05363b57
+IGNORE_INDEX = -100  # target id left out of the loss (PyTorch's cross_entropy default): fine-tuning sets it on prompt tokens
+
 # %% ../nbs/04_gpt.ipynb #49b0c2eb
 def _check_input(config:GPTConfig, idx, targets, cache, lengths):
     "CourseError for any input `GPT.forward` cannot run: shapes, ids outside the vocabulary, lengths, cache size."
@@ -202,51 +205,33 @@ class GPT(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)): nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None: nn.init.zeros_(module.bias)
 
-    def num_params(self, non_embedding:bool=False, # leave out the position table wpe (as nanoGPT: wte counts, it is the LM head too)
-                  ) -> int:
-        "Number of parameters, the tied embedding counted once."
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding and "wpe" in self.transformer: n -= self.transformer.wpe.weight.numel()
-        return n
-
-    def make_cache(self, batch_size:int, # sequences decoded side by side
-                   max_len:int|None=None, # most tokens per sequence (prompt + new); default block_size
-                   device:str|torch.device|None=None, # default: where the model's weights are
-                   dtype:torch.dtype|None=None, # default: the weights' dtype (pass torch.bfloat16 to decode under bf16 autocast)
-                  ) -> KVCache:
-        "An empty KV cache sized for this model."
-        max_len = self.config.block_size if max_len is None else max_len
-        if not 1 <= max_len <= self.config.block_size:
-            raise CourseError(f"cache max_len {max_len} must be between 1 and the model's block_size {self.config.block_size}")
-        w = self.transformer.wte.weight
-        return KVCache(self.config.n_layer, batch_size, self.config.n_head, self.config.head_dim, max_len,
-                       device=w.device if device is None else device, dtype=w.dtype if dtype is None else dtype)
-
-    def forward(self, idx:torch.Tensor, # (B, T) token ids
-                targets:torch.Tensor|None=None, # (B, T) next-token ids, IGNORE_INDEX where no loss is wanted
-                cache:KVCache|None=None, # decoding: earlier tokens' keys/values; each row of idx continues its own
-                last_only:bool=False, # logits for the last (real) position only, (B, 1, V): all that sampling needs
-                lengths:torch.Tensor|None=None, # (B,) real tokens in each row of idx, right padding after them; default all T
-               ) -> tuple[torch.Tensor, torch.Tensor|None]: # logits (B, T, V) and the mean loss (or None)
-        "Logits for the next token at every position of idx, and the cross-entropy loss if targets are given."
-        _check_input(self.config, idx, targets, cache, lengths)
-        if last_only and targets is not None: raise CourseError("last_only=True gives no loss: pass targets=None")
-        T = idx.size(1)
-        pos = torch.arange(T, device=idx.device) if cache is None else cache.positions(T)  # (T,), or (B, T) for rows of different lengths
-        x = self.transformer.wte(idx)  # (B, T, C)
-        rope = None
-        if self.config.pos == "learned": x = x + self.transformer.wpe(pos)  # + (T, C) broadcast over B, or (B, T, C)
-        else: rope = (self.rope_cos[pos], self.rope_sin[pos])  # each (T, hs/2) or (B, T, hs/2)
-        x = self.transformer.drop(x)
-        for block in self.transformer.h: x = block(x, rope=rope, cache=cache)
-        if cache is not None: cache.advance(T if lengths is None else lengths)  # a row's padding is overwritten by its next token
-        x = self.transformer.ln_f(x)
-        if last_only:  # (B, 1, C)
-            x = x[:, -1:] if lengths is None else x[torch.arange(x.size(0), device=x.device), lengths - 1][:, None]
-        logits = self.lm_head(x)  # (B, T, V)
-        if targets is None: return logits, None
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
-        return logits, loss
+# %% ../nbs/04_gpt.ipynb #cb02d259
+@patch
+def forward(self:GPT, idx:torch.Tensor, # (B, T) token ids
+            targets:torch.Tensor|None=None, # (B, T) next-token ids, IGNORE_INDEX where no loss is wanted
+            cache:KVCache|None=None, # decoding: earlier tokens' keys/values; each row of idx continues its own
+            last_only:bool=False, # logits for the last (real) position only, (B, 1, V): all that sampling needs
+            lengths:torch.Tensor|None=None, # (B,) real tokens in each row of idx, right padding after them; default all T
+           ) -> tuple[torch.Tensor, torch.Tensor|None]: # logits (B, T, V) and the mean loss (or None)
+    "Logits for the next token at every position of idx, and the cross-entropy loss if targets are given."
+    _check_input(self.config, idx, targets, cache, lengths)
+    if last_only and targets is not None: raise CourseError("last_only=True gives no loss: pass targets=None")
+    T = idx.size(1)
+    pos = torch.arange(T, device=idx.device) if cache is None else cache.positions(T)  # (T,), or (B, T) for rows of different lengths
+    x = self.transformer.wte(idx)  # (B, T, C)
+    rope = None
+    if self.config.pos == "learned": x = x + self.transformer.wpe(pos)  # + (T, C) broadcast over B, or (B, T, C)
+    else: rope = (self.rope_cos[pos], self.rope_sin[pos])  # each (T, hs/2) or (B, T, hs/2)
+    x = self.transformer.drop(x)
+    for block in self.transformer.h: x = block(x, rope=rope, cache=cache)
+    if cache is not None: cache.advance(T if lengths is None else lengths)  # a row's padding is overwritten by its next token
+    x = self.transformer.ln_f(x)
+    if last_only:  # (B, 1, C)
+        x = x[:, -1:] if lengths is None else x[torch.arange(x.size(0), device=x.device), lengths - 1][:, None]
+    logits = self.lm_head(x)  # (B, T, V)
+    if targets is None: return logits, None
+    loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+    return logits, loss
 
 # %% ../nbs/04_gpt.ipynb #a87b4224
 def count_params(config:GPTConfig, # the model's shape
@@ -259,6 +244,15 @@ def count_params(config:GPTConfig, # the model's shape
     mlp = 2 * d * h + b * (h + d) if config.mlp == "gelu" else 3 * d * h + b * (2 * h + d)
     wpe = config.block_size * d if config.pos == "learned" and not non_embedding else 0
     return V * d + wpe + L * (2 * norm + attn + mlp) + norm
+
+# %% ../nbs/04_gpt.ipynb #c65d3e9c
+@patch
+def num_params(self:GPT, non_embedding:bool=False, # leave out the position table wpe (as nanoGPT: wte counts, it is the LM head too)
+              ) -> int:
+    "Number of parameters, the tied embedding counted once."
+    n = sum(p.numel() for p in self.parameters())
+    if non_embedding and "wpe" in self.transformer: n -= self.transformer.wpe.weight.numel()
+    return n
 
 # %% ../nbs/04_gpt.ipynb #8496571b
 GPT2_SHAPES = {  # OpenAI's four GPT-2 sizes (vocab 50257, block 1024): (n_layer, n_head, n_embd)
@@ -278,6 +272,21 @@ def training_memory(config:GPTConfig, # the model's shape
     mem = {"params": n, "weights": 4 * n, "gradients": 4 * n, "adamw": 8 * n}
     mem["total"] = mem["weights"] + mem["gradients"] + mem["adamw"]
     return mem
+
+# %% ../nbs/04_gpt.ipynb #9fc51beb
+@patch
+def make_cache(self:GPT, batch_size:int, # sequences decoded side by side
+               max_len:int|None=None, # most tokens per sequence (prompt + new); default block_size
+               device:str|torch.device|None=None, # default: where the model's weights are
+               dtype:torch.dtype|None=None, # default: the weights' dtype (pass torch.bfloat16 to decode under bf16 autocast)
+              ) -> KVCache:
+    "An empty KV cache sized for this model."
+    max_len = self.config.block_size if max_len is None else max_len
+    if not 1 <= max_len <= self.config.block_size:
+        raise CourseError(f"cache max_len {max_len} must be between 1 and the model's block_size {self.config.block_size}")
+    w = self.transformer.wte.weight
+    return KVCache(self.config.n_layer, batch_size, self.config.n_head, self.config.head_dim, max_len,
+                   device=w.device if device is None else device, dtype=w.dtype if dtype is None else dtype)
 
 # %% ../nbs/04_gpt.ipynb #8e9d8b55
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # stored (in, out) by GPT-2

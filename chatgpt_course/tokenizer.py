@@ -19,9 +19,9 @@ from .files import atomic_write, read_text
 from .chat_data import ROLES  # the chat roles, defined once with the conversation format (notebook 01c_chat_data)
 
 # %% auto #0
-__all__ = ['EOT', 'TOKENIZER_FILE', 'GPT2_PATTERN', 'ROLE_TOKENS', 'CHAT_TOKENS', 'SPECIAL_TOKENS', 'Tokenizer', 'CharTokenizer',
-           'get_pair_counts', 'merge_pair', 'train_merges', 'BPETokenizer', 'read_tiktoken_ranks', 'gpt2_encoding',
-           'merges_from_ranks', 'gpt2_tokenizer', 'render_chat', 'load_tokenizer']
+__all__ = ['EOT', 'TOKENIZER_FILE', 'GPT2_PATTERN', 'DIGIT_PATTERN', 'ROLE_TOKENS', 'CHAT_TOKENS', 'SPECIAL_TOKENS', 'Tokenizer',
+           'CharTokenizer', 'get_pair_counts', 'merge_pair', 'train_merges', 'BPETokenizer', 'read_tiktoken_ranks',
+           'gpt2_encoding', 'merges_from_ranks', 'gpt2_tokenizer', 'render_chat', 'load_tokenizer']
 
 # %% ../nbs/02_tokenization.ipynb #dec1fb39
 EOT = "<|endoftext|>"  # ends a document; GPT-2's only special token (id 50256 there)
@@ -136,6 +136,7 @@ class Tokenizer(_TokenizerSpec):
 
     def _check_ids(self, ids) -> list[int]: return _check_ids(ids, self.n_vocab)
     def _encode_piece(self, piece:str, start:int) -> list[int]: return self.encode_ordinary(piece)  # start: its offset in the text
+    def __repr__(self): return f"{type(self).__name__}(name={self.name!r}, n_vocab={self.n_vocab})"
 
     def encode(self, text:str, allowed_special=()) -> list[int]:
         "Ids of `text`; special-token strings are plain text unless named in `allowed_special` (or 'all')."
@@ -165,8 +166,6 @@ class Tokenizer(_TokenizerSpec):
         "The tokenizer `save` wrote to `path` (a directory or its tokenizer.json), checked against its checksum."
         return _tokenizer_from_file(cls, path)
 
-    def __repr__(self): return f"{type(self).__name__}(name={self.name!r}, n_vocab={self.n_vocab})"
-
 # %% ../nbs/02_tokenization.ipynb #c873a616
 class CharTokenizer(Tokenizer):
     "One token per character: ids 0..n-1 are the sorted characters seen in training, then the special tokens."
@@ -187,9 +186,6 @@ class CharTokenizer(Tokenizer):
         if not text: raise CourseError("cannot train a character tokenizer on empty text")
         return cls(text, special_tokens)
 
-    @property
-    def n_vocab(self) -> int: return len(self.itos)
-
     def _encode_piece(self, text:str, start:int) -> list[int]:
         try: return [self.stoi[c] for c in text]
         except KeyError:
@@ -205,6 +201,8 @@ class CharTokenizer(Tokenizer):
         "The UTF-8 bytes of the characters of `ids`."
         return "".join(self.itos[i] for i in self._check_ids(ids)).encode("utf-8", errors="surrogatepass")
 
+    @property
+    def n_vocab(self) -> int: return len(self.itos)
     def _fields(self) -> dict: return {"chars": self.chars, "special_tokens": self.special_tokens}
     @classmethod
     def _from_fields(cls, p:dict) -> CharTokenizer: return cls(p["chars"], list(p["special_tokens"]), p["name"])
@@ -227,6 +225,9 @@ def merge_pair(ids:list[int], pair:tuple[int,int], new_id:int) -> list[int]:
 
 # %% ../nbs/02_tokenization.ipynb #d1cb30a3
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+# %% ../nbs/02_tokenization.ipynb #6f6dcd84
+DIGIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # GPT-2's, one digit per chunk (as Llama)
 
 # %% ../nbs/02_tokenization.ipynb #5e1a972e
 def _rank_split(ranks:dict, token:bytes, max_rank:int|None=None) -> list[bytes]:
@@ -257,10 +258,8 @@ def train_merges(chunk_counts:dict, # distinct chunk -> how often it occurs
     vocab = [bytes([i]) for i in range(256)]
     ranks = {t: i for i, t in enumerate(vocab)}
     merges, skipped = [], set()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=n_merges, desc="BPE merges", unit="merge", file=sys.stderr)
+    from tqdm import tqdm
+    bar = tqdm(total=n_merges, desc="BPE merges", unit="merge", file=sys.stderr, disable=not progress)  # disabled: no output
     while len(merges) < n_merges and heap:
         neg, pair = heapq.heappop(heap)
         if counts.get(pair, 0) != -neg: continue  # stale entry: the count changed since it was pushed
@@ -280,8 +279,8 @@ def train_merges(chunk_counts:dict, # distinct chunk -> how often it occurs
             if counts[p] > 0:
                 if p not in skipped: heapq.heappush(heap, (-counts[p], p))
             else: del counts[p]
-        if bar is not None: bar.update(1)
-    if bar is not None: bar.close()
+        bar.update(1)
+    bar.close()
     return merges
 
 # %% ../nbs/02_tokenization.ipynb #c7646acc
@@ -343,9 +342,8 @@ class _BPEEncoder(_BPEVocab):
         if len(cache) > 200_000: cache.clear()  # bound the memory on endless streams of new words
         try:
             for chunk in self._chunker.findall(text):
-                ids = cache.get(chunk)
-                if ids is None: ids = cache[chunk] = self._bpe(chunk.encode("utf-8"))
-                out += ids
+                if chunk not in cache: cache[chunk] = self._bpe(chunk.encode("utf-8"))
+                out += cache[chunk]
         except UnicodeEncodeError:  # lone surrogates cannot be UTF-8: replace them with U+FFFD, as tiktoken does
             return self.encode_ordinary(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
         return out
@@ -354,9 +352,8 @@ class _BPEEncoder(_BPEVocab):
         "This tokenizer as a `tiktoken.Encoding` (same ids, Rust speed): ranks are the merge ids."
         if self._tiktoken is None:
             import tiktoken
-            ranks = {self.vocab[i]: i for i in range(256 + self.n_merges)}
-            self._tiktoken = tiktoken.Encoding(name=self.name, pat_str=self.pattern, mergeable_ranks=ranks,
-                                               special_tokens=dict(self.special_tokens))
+            self._tiktoken = tiktoken.Encoding(name=self.name, pat_str=self.pattern, special_tokens=dict(self.special_tokens),
+                                               mergeable_ranks={self.vocab[i]: i for i in range(256 + self.n_merges)})
         return self._tiktoken
 
     def encode_fast(self, text:str, allowed_special=()) -> list[int]:
