@@ -128,3 +128,62 @@ def test_sft_then_chat_answers_from_the_fine_tuned_model(work, tmp_path):
     assert r.returncode == 0 and r.stdout.strip(), r.stderr
     model, tok, meta = load_trained(out)
     assert meta["config"]["base"] == str(work / "base") and "<|assistant|>" in tok.special_tokens
+
+# ---- bad input: one line that names the file, the row and the problem; nothing written
+
+GOOD = {"messages": [{"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "5."}]}
+BAD_ROWS = {
+    "wrong role": ({"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}]}, "message 1 must be"),
+    "empty content": ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "}]}, "message 1 (assistant) has empty content"),
+    "no assistant turn": ({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}, "end with the assistant"),
+}
+
+def refused(r, out, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    msg = r.stderr.strip().splitlines()
+    assert len(msg) == 1 and msg[0].startswith("chatgpt-course sft: error:"), r.stderr
+    assert all(n in msg[0] for n in needles), (needles, msg[0])
+    assert not out.exists(), "a refused run wrote its directory"
+
+@pytest.mark.parametrize("case", BAD_ROWS)
+def test_chat_rows_that_fail_validation(work, tmp_path, case):
+    row, problem = BAD_ROWS[case]
+    f = tmp_path / "bad.jsonl"; write_jsonl([GOOD, GOOD, row, GOOD], f)
+    out = tmp_path / "out"
+    refused(cli("sft", "--base", work / "base", "--data", f, "--out", out, *TINY_SFT), out, str(f), "row 3", problem)
+
+def test_a_base_without_the_chat_tokens(work, tmp_path):
+    char = tmp_path / "char"
+    r = cli("pretrain", *TINY_BASE, "--tokenizer", "char", "--vocab-size", "66", "--max-steps", "1", "--out", char); assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    refused(cli("sft", "--base", char, "--data", work / "chat.jsonl", "--out", out, *TINY_SFT), out, str(char), "no chat tokens")
+
+def test_pretraining_tokens_from_another_tokenizer(work, tmp_path):
+    other = tmp_path / "other"  # the same recipe with a bigger vocabulary: other merges, other ids
+    r = cli("pretrain", *TINY_BASE, "--tokenizer", "bpe:310", "--max-steps", "1", "--out", other); assert r.returncode == 0, r.stderr
+    out = tmp_path / "out"
+    refused(cli(*sft_flags(work, out, "--text-tokens", other / "data")), out, str(other / "data" / "train.bin"), "differs from the base model's tokenizer")
+
+def test_long_conversations_are_cut_by_whole_exchanges(work, tmp_path):
+    long = {"messages": [{"role": "system", "content": "Be brief."}] + [m for k in range(12) for m in
+            ({"role": "user", "content": f"Question number {k}, asked at some length to take room?"}, {"role": "assistant", "content": f"Answer {k}."})]}
+    f = tmp_path / "long.jsonl"; write_jsonl([GOOD] * 3 + [long], f)
+    out = tmp_path / "out"
+    r = cli("sft", "--base", work / "base", "--data", f, "--heldout", "", "--out", out, *TINY_SFT, "--seq-len", "64", "--max-steps", "1")
+    assert r.returncode == 0, r.stderr
+    assert "4 conversations, 4 kept; 1 cut to fit" in r.stderr, r.stderr
+    huge = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
+    f2 = tmp_path / "huge.jsonl"; write_jsonl([huge], f2); out2 = tmp_path / "out2"
+    refused(cli("sft", "--base", work / "base", "--data", f2, "--heldout", "", "--out", out2, *TINY_SFT, "--seq-len", "64"), out2, str(f2), "fits in 65 tokens")
+
+def test_a_start_from_gpt2_weights_in_hugging_face_format(work, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf = tmp_path / "tiny-gpt2"  # random weights, GPT-2's vocabulary, saved locally: nothing is downloaded
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, vocab_size=50257)
+    torch.manual_seed(0); transformers.GPT2LMHeadModel(cfg).save_pretrained(hf)
+    out = tmp_path / "out"
+    r = cli("sft", "--base", f"hf:{hf}", "--data", work / "chat.jsonl", "--out", out, *TINY_SFT, "--max-steps", "2")
+    assert r.returncode == 0, r.stderr
+    model, tok, meta = load_trained(out)
+    assert tok.name == "gpt2-chat" and model.config.vocab_size >= 50261 and meta["tokenizer"] == "gpt2-chat"
+    r = cli("chat", "--checkpoint", out, "--prompt", "Hi", "--max-new-tokens", "4", "--seed", "0"); assert r.returncode == 0, r.stderr
