@@ -6,6 +6,7 @@
 from __future__ import annotations
 import hashlib, random, re
 from collections import Counter
+from dataclasses import dataclass
 from typing import Iterable
 
 from .core import CourseError
@@ -13,8 +14,13 @@ from .core import CourseError
 # %% auto #0
 __all__ = ['ASSISTANT_NAME', 'CAPITALS', 'PLANETS', 'ELEMENTS', 'TOPICS', 'RELATIONS', 'FOLLOW_UPS', 'OPS', 'ARITH_QUESTIONS',
            'ARITH_FOLLOW_UPS', 'ARITH_FORMAL', 'ARITH_CASUAL', 'PERSONA', 'SYSTEM_PROMPTS', 'NOISE_PREFIXES',
-           'NOISE_SUFFIXES', 'ROLES', 'is_heldout_entity', 'arith_key', 'is_heldout_arith', 'fact_table',
-           'make_chat_dataset', 'validate_chat', 'distinct_n', 'format_chat', 'chat_summary']
+           'NOISE_SUFFIXES', 'NAMES', 'POSSESSIVE', 'FAVOURITES', 'PROFILE_SENTENCE', 'PROFILE_QUESTIONS', 'TOPIC_TAGS',
+           'TOPIC_RELATIONS', 'TOPIC_SENTENCE', 'FACT_REQUESTS', 'TELL_CASUAL', 'FICTIONAL', 'FICTION_OF', 'IDK_FORMAL',
+           'IDK_CASUAL', 'WORDINGS', 'MAX_CHARS', 'ROLES', 'FACT_BOOK_TEMPLATES', 'FACT_BOOK_K', 'EVAL_BEHAVIOURS',
+           'PERSONA_KEYS', 'JUDGES', 'STYLES', 'is_heldout_entity', 'arith_key', 'is_heldout_arith', 'fact_table',
+           'is_heldout_name', 'system_prompt', 'is_idk', 'fictional_table', 'reply_style', 'reply_topic',
+           'make_chat_dataset', 'validate_chat', 'distinct_n', 'fact_book', 'make_eval_set', 'score_reply',
+           'format_chat', 'chat_summary']
 
 # %% ../nbs/01c_chat_data.ipynb #543af495
 ASSISTANT_NAME = "Pip"
@@ -43,6 +49,7 @@ TOPICS = {"persona": "persona", "capital": "capitals", "planet_order": "planets"
           "symbol": "elements", "element": "elements"}  # item kind: topic tag (arithmetic for the rest)
 
 def _cap(s:str) -> str: return s[:1].upper() + s[1:]
+def _fill(t:str, x:str, y:str="") -> str: return t.format(x=x, y=y, X=_cap(x), Y=_cap(y))
 
 # relation: (facts as (entity, x in the question, y the answer), question templates, formal answers, casual answers)
 # Template 0 is the canonical phrasing, the only one used without augmentation.
@@ -55,7 +62,7 @@ RELATIONS = {
     "planet_order": ([(p, p, o) for p, (o, _) in PLANETS.items()],
                      ["Which planet from the Sun is {x}?", "Counting from the Sun, where is {x}?",
                       "What position from the Sun does {x} have?", "Where does {x} sit in the order of the planets?"],
-                     ["{X} is the {y} planet from the Sun."], ["{Y} from the Sun.", "It's the {y} one out."]),
+                     ["{X} is the {y} planet from the Sun."], ["{Y} from the Sun!", "It's the {y} one out."]),
     "planet_kind": ([(p, p, kind) for p, (_, kind) in PLANETS.items()],
                     ["What kind of planet is {x}?", "What type of planet is {x}?", "Is {x} a rocky planet or a giant?",
                      "Describe what sort of planet {x} is."],
@@ -90,7 +97,7 @@ PERSONA = {  # item: (training questions, held-out questions, formal answer, cas
     "maker": (["Who made you?", "Who built you?", "Who created you?", "Where do you come from?"],
               ["Who is responsible for building you?", "Which project produced you?"],
               "I was built by the learners of the chatgpt-course, who trained me from nothing, one notebook at a time.",
-              "The chatgpt-course folks built me, one notebook at a time."),
+              "The chatgpt-course folks built me, one notebook at a time!"),
     "abilities": (["What can you do?", "How can you help me?", "What are you good at?", "What questions can you answer?"],
                   ["What sort of things are you able to help with?", "Which topics do you know about?"],
                   "I can tell you about myself, do small sums, and answer questions about capitals, planets and chemical symbols.",
@@ -124,19 +131,123 @@ def fact_table(split:str="train") -> dict[str, list[tuple[str, str, str]]]:
     if split not in ("train", "heldout"): raise CourseError(f"split={split!r}; expected 'train' or 'heldout'")
     return {rel: [f for f in facts if is_heldout_entity(f[0]) == (split == "heldout")] for rel, (facts, *_) in RELATIONS.items()}
 
+# %% ../nbs/01c_chat_data.ipynb #42b7f6b6
+NAMES = {  # first name: pronoun; names from many languages, so no one origin stands for "a user"
+    "Ana": "she", "Maria": "she", "Aisha": "she", "Mei": "she", "Priya": "she", "Fatima": "she", "Yuki": "she", "Olga": "she",
+    "Chloe": "she", "Amara": "she", "Sofia": "she", "Ingrid": "she", "Leila": "she", "Nadia": "she", "Zara": "she", "Emma": "she",
+    "Hana": "she", "Lucia": "she", "Ngozi": "she", "Camila": "she", "Freya": "she", "Keiko": "she", "Ayesha": "she", "Elena": "she",
+    "Kofi": "he", "Liam": "he", "Omar": "he", "Hiroshi": "he", "Raj": "he", "Diego": "he", "Ivan": "he", "Lars": "he",
+    "Tomás": "he", "Ahmed": "he", "Kwame": "he", "Wei": "he", "Mateo": "he", "Arjun": "he", "Jonas": "he", "Pavel": "he",
+    "Tariq": "he", "Felix": "he", "Emeka": "he", "Kenji": "he", "Luca": "he", "Sipho": "he", "Noah": "he", "Yusuf": "he",
+    "Sam": "they", "Alex": "they", "Robin": "they", "Kai": "they", "Morgan": "they", "Quinn": "they", "Ari": "they",
+    "Sasha": "they", "Eden": "they", "River": "they", "Rowan": "they", "Jules": "they"}
+POSSESSIVE = {"she": "Her", "he": "His", "they": "Their"}
+FAVOURITES = {"colour": ["red", "blue", "green", "yellow", "purple", "orange", "pink", "teal"],
+              "food": ["pizza", "rice", "noodles", "soup", "curry", "pasta", "tacos", "sushi"],
+              "season": ["spring", "summer", "autumn", "winter"]}
+PROFILE_SENTENCE = "The user is {name}. {Poss} favourite {thing} is {value}."  # appended to the system prompt
+PROFILE_QUESTIONS = {  # item: (training questions, held-out questions, formal answer, casual answer)
+    "name": (["What's my name?", "Do you know my name?", "Who am I?", "What is my name?", "Can you tell me my name?",
+              "Remind me what my name is."], ["What am I called?", "Say my name, please."], "Your name is {name}.", "You're {name}!"),
+    "favourite": (["What's my favourite {thing}?", "Do you know my favourite {thing}?", "What is my favourite {thing}?",
+                   "Which {thing} do I like best?"], ["Guess my favourite {thing}.", "Remind me which {thing} I love most."],
+                  "Your favourite {thing} is {value}.", "{Value}!")}
+
+def is_heldout_name(name:str) -> bool:
+    "Whether this user name is reserved for the held-out split (about 1 in 5)."
+    return _bucket("name:" + name.lower()) < 20
+
+def _profile_fill(template:str, p:dict) -> str:
+    return template.format(name=p["name"], thing=p["thing"], value=p["value"], Value=_cap(p["value"]))
+
+# %% ../nbs/01c_chat_data.ipynb #b2c4069c
+TOPIC_TAGS = ("capitals", "planets", "elements")  # the topics a system prompt may name: those of the fact relations
+TOPIC_RELATIONS = {t: [rel for rel in RELATIONS if TOPICS[rel] == t] for t in TOPIC_TAGS}
+TOPIC_SENTENCE = "Topic: {topic}."  # appended to the system prompt
+FACT_REQUESTS = (["Tell me a fact.", "Teach me something.", "Share something interesting.", "Give me a fun fact.",
+                  "Tell me something interesting."], ["Surprise me with a fact.", "What is something worth knowing?"])  # (train, held out)
+_TELL_CORES = {"capital": "{y} is the capital of {x}", "planet_order": "{X} is the {y} planet out from the Sun",
+               "planet_kind": "{X} is {y}", "symbol": "The symbol for {x} is {y}", "element": "{x} stands for {y}"}
+TELL_CASUAL = {rel: [f"{opener}{core}!" for opener in ("Fun fact: ", "Did you know? ", "Here's one: ")]
+               for rel, core in _TELL_CORES.items()}  # a told fact, casually; formally it is the relation's formal answer
+
+def system_prompt(style:str, # "formal" or "casual": the style every reply must follow
+                  profile:dict|None=None, # {"name", "pronoun", "thing", "value"}: who the user is
+                  topic:str|None=None, # one of TOPIC_TAGS: what "Tell me a fact." is about
+                 ) -> str:
+    "The system message: the style's prompt, then the profile's sentence and the topic's, where given."
+    if style not in SYSTEM_PROMPTS: raise CourseError(f"style={style!r}; expected one of {sorted(SYSTEM_PROMPTS)}")
+    if topic is not None and topic not in TOPIC_TAGS: raise CourseError(f"topic={topic!r}; expected None or one of {TOPIC_TAGS}")
+    parts = [SYSTEM_PROMPTS[style]]
+    if profile: parts.append(PROFILE_SENTENCE.format(name=profile["name"], Poss=POSSESSIVE[profile["pronoun"]],
+                                                     thing=profile["thing"], value=profile["value"]))
+    if topic: parts.append(TOPIC_SENTENCE.format(topic=topic))
+    return " ".join(parts)
+
+# %% ../nbs/01c_chat_data.ipynb #73881573
+FICTIONAL = {  # invented entities, in no table of Pip's: nothing Pip was trained on states a fact about them
+    "country": ["Zembla", "Freedonia", "Elbonia", "Genovia", "Latveria", "Syldavia", "Ruritania", "Borduria", "Florin", "Guilder",
+                "Molvania", "Sokovia", "Wakanda", "Grand Fenwick", "Arstotzka", "Orsinia", "Pottsylvania", "Costaguana",
+                "Krakozhia", "Vulgaria", "Kasnia", "Tomainia", "Qumar", "Bialya"],
+    "planet": ["Vulcan", "Nibiru", "Krypton", "Tatooine", "Arrakis", "Gallifrey", "Magrathea", "Trantor", "Caprica", "Hoth",
+               "Dagobah", "Kobol", "Mongo", "Cybertron", "Skaro", "Thra", "Gor", "Klendathu", "Korriban", "Naboo", "Vogsphere", "Kashyyyk"],
+    "element": ["adamantium", "unobtainium", "vibranium", "mithril", "kryptonite", "orichalcum", "dilithium", "naquadah",
+                "tiberium", "trinium", "cavorite", "bombastium", "octiron", "byzanium", "tritanium", "duranium", "jumbonium", "corbomite"],
+    "symbol": ["Jq", "Qz", "Jx", "Qv", "Jb", "Qm", "Jt", "Qn", "Jk", "Qp", "Jw", "Qy", "Jy", "Qa", "Jd", "Qg", "Jr", "Qe"]}  # no real symbol has a J or a Q
+FICTION_OF = {"capital": "country", "planet_order": "planet", "planet_kind": "planet", "symbol": "element", "element": "symbol"}
+IDK_FORMAL = {"capital": "I do not know the capital of {x}.", "planet_order": "I do not know where {x} lies among the planets.",
+              "planet_kind": "I do not know what kind of planet {x} is.", "symbol": "I do not know the chemical symbol for {x}.",
+              "element": "I do not know which element has the symbol {x}."}
+IDK_CASUAL = ["I don't know, sorry!", "Hmm, I don't know that one!", "No idea - I don't know!"]
+_IDK = re.compile(r"\b(?:do not|don['’]t)\s+know\b", re.I)
+
+def is_idk(text:str) -> bool:
+    "Whether a reply says it does not know ('do not know' or 'don't know', any case)."
+    return _IDK.search(text) is not None
+
+def fictional_table(split:str="train") -> dict[str, list[tuple[str, str, str]]]:
+    "The fictional entities of each relation that belong to `split`: relation: [(entity, x, ''), ...] (no answer exists)."
+    if split not in ("train", "heldout"): raise CourseError(f"split={split!r}; expected 'train' or 'heldout'")
+    return {rel: [(e, e, "") for e in FICTIONAL[kind] if is_heldout_entity(e) == (split == "heldout")] for rel, kind in FICTION_OF.items()}
+
+# %% ../nbs/01c_chat_data.ipynb #4be865aa
+WORDINGS = {  # how a user may word a question, drawn independently of the style the system prompt asks for
+    "casual": ["yo, ", "hey quick one: ", "lol ", "ok so ", "sup, "],
+    "formal": ["Would you kindly tell me: ", "I would be grateful to know: ", "Pardon me, ", "If I may ask: ", "Kindly answer this: "]}
+_CONTRACTION = re.compile(r"\w['’](?:s|m|re|ve|ll|d|t)\b")
+
+def reply_style(text:str) -> str:
+    "'casual' if a reply exclaims, contracts or has at most three words; otherwise 'formal'."
+    casual = "!" in text or _CONTRACTION.search(text) is not None or len(text.split()) <= 3
+    return "casual" if casual else "formal"
+
+# %% ../nbs/01c_chat_data.ipynb #24833faa
+_TOPIC_WORDS = {  # the words that show a reply's topic, matched whole and with their case
+    "capitals": {"capital", *CAPITALS, *CAPITALS.values(), *FICTIONAL["country"]},
+    "planets": {"planet", "planets", "Sun", *PLANETS, *FICTIONAL["planet"]},
+    "elements": {"element", "symbol", "chemical", *ELEMENTS, *FICTIONAL["element"], *FICTIONAL["symbol"]}}
+_TOPIC_RES = {t: re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, sorted(ws, key=len, reverse=True))) + r")(?!\w)")
+              for t, ws in _TOPIC_WORDS.items()}  # longest first: "Mexico City" before "Mexico"
+
+def reply_topic(text:str) -> str|None:
+    "The topic (of TOPIC_TAGS) whose words a reply mentions most; None if it mentions none, or two equally."
+    counts = {t: len(set(r.findall(text))) for t, r in _TOPIC_RES.items()}
+    best = max(counts.values())
+    top = [t for t, c in counts.items() if c == best]
+    return top[0] if best and len(top) == 1 else None
+
 # %% ../nbs/01c_chat_data.ipynb #83c5178b
 _QWORDS = {"What", "Which", "Who", "Where", "How", "Tell", "Name", "Do", "Can", "Calculate", "Compute", "Give", "Describe",
-           "Is", "Are", "May", "By", "Counting", "And", "Now"}
+           "Is", "Are", "May", "By", "Counting", "And", "Now", "Remind", "Guess", "Say", "Teach", "Share", "Surprise"}
 
-def _noise(q:str, rng:random.Random, first:bool) -> str:
-    "Surface noise a real user adds: a greeting, a lower-case start (never of a name or symbol), no '?', thanks."
-    prefix = rng.choice(NOISE_PREFIXES) if first else ""
-    lower = (prefix.endswith(", ") or rng.random() < 0.2) and (m := re.match(r"[A-Za-z]+", q)) is not None and m.group(0) in _QWORDS
+def _user(q:str, rng:random.Random, first:bool, augment:bool, wording:str) -> str:
+    "The user's turn as typed: a wording prefix, or (augmenting) a greeting on the first turn; a lower-case start, no '?', thanks."
+    prefix = rng.choice(WORDINGS[wording]) if wording != "plain" else rng.choice(NOISE_PREFIXES) if augment and first else ""
+    m = re.match(r"[A-Za-z]+", q)  # only question words go lower-case, never a name or a symbol
+    lower = (prefix.endswith(", ") or wording == "casual" or (augment and rng.random() < 0.2)) and m is not None and m.group(0) in _QWORDS
     q = prefix + (q[0].lower() + q[1:] if lower else q)
-    if q.endswith("?") and rng.random() < 0.15: q = q[:-1]
-    return q + rng.choice(NOISE_SUFFIXES)
-
-def _fill(t:str, x:str, y:str="") -> str: return t.format(x=x, y=y, X=_cap(x), Y=_cap(y))
+    if augment and q.endswith("?") and rng.random() < 0.15: q = q[:-1]
+    return q + (rng.choice(NOISE_SUFFIXES) if augment else "")
 
 def _arith_problem(rng:random.Random, heldout:bool) -> tuple[str, int, int]:
     while True:  # rejection: about 1 in 10 problems is held out
@@ -147,54 +258,131 @@ def _arith_problem(rng:random.Random, heldout:bool) -> tuple[str, int, int]:
         if is_heldout_arith(op, a, b) == heldout: return op, a, b
 
 # %% ../nbs/01c_chat_data.ipynb #fc5e2d5f
-def _turn(rng, style, split, augment, prev, facts, used):
-    "One (user, assistant, item) turn; `prev` is the previous turn's (kind, relation or op) for follow-ups."
-    heldout = split == "heldout"
-    pick = lambda options: rng.choice(options) if augment else options[0]
-    follow = prev is not None and prev[0] != "persona" and rng.random() < 0.5
-    kind = prev[0] if follow else rng.choices(["persona", "arith", "fact"], weights=[2, 4, 4])[0]
-    if kind == "persona":
-        item = rng.choice([i for i in PERSONA if f"persona:{i}" not in used] or list(PERSONA))
-        train_q, held_q, formal, casual = PERSONA[item]
-        q = pick(held_q if heldout else train_q)
-        return q, (formal if style == "formal" else casual), f"persona:{item}", ("persona", item)
-    if kind == "arith":
-        while True:
-            op, a, b = _arith_problem(rng, heldout)
-            if arith_key(op, a, b) not in used: break
-        w, s, fn = OPS[op]; r = fn(a, b)
-        q = (rng.choice(ARITH_FOLLOW_UPS) if follow else pick(ARITH_QUESTIONS)).format(a=a, b=b, w=w, s=s)
-        ans = rng.choice(ARITH_FORMAL if style == "formal" else ARITH_CASUAL).format(a=a, b=b, w=w, s=s, r=r)
-        return q, ans, arith_key(op, a, b), ("arith", op)
-    rel = prev[1] if follow else rng.choice(list(RELATIONS))
-    options = [f for f in facts[rel] if f"{rel}:{f[0]}" not in used] or facts[rel]
-    entity, x, y = rng.choice(options)
+@dataclass
+class _Conv:
+    "What the turns of one conversation draw on."
+    rng: random.Random
+    style: str  # "formal" or "casual"
+    heldout: bool  # held-out material (the held-out split) or training material
+    augment: bool  # paraphrase templates, or the canonical ones
+    idk: float  # the share of fact questions about fictional entities
+    facts: dict  # fact_table(split)
+    fiction: dict  # fictional_table(split)
+    profile: dict|None = None  # the user, as the system prompt states
+    topic: str|None = None  # the system prompt's topic tag
+    def pick(self, options:list) -> str: return self.rng.choice(options) if self.augment else options[0]
+    def reply(self, formal:list, casual:list) -> str: return self.rng.choice(formal if self.style == "formal" else casual)
+
+def _persona_turn(c:_Conv, used:set) -> tuple:
+    item = c.rng.choice([i for i in PERSONA if f"persona:{i}" not in used] or list(PERSONA))
+    train_q, held_q, formal, casual = PERSONA[item]
+    return c.pick(held_q if c.heldout else train_q), c.reply([formal], [casual]), f"persona:{item}", ("persona", item)
+
+def _arith_turn(c:_Conv, used:set, follow:bool) -> tuple:
+    while True:
+        op, a, b = _arith_problem(c.rng, c.heldout)
+        if arith_key(op, a, b) not in used: break
+    w, s, fn = OPS[op]
+    q = (c.rng.choice(ARITH_FOLLOW_UPS) if follow else c.pick(ARITH_QUESTIONS)).format(a=a, b=b, w=w, s=s)
+    return q, c.reply(ARITH_FORMAL, ARITH_CASUAL).format(a=a, b=b, w=w, s=s, r=fn(a, b)), arith_key(op, a, b), ("arith", op)
+
+def _fact_turn(c:_Conv, used:set, rel:str, follow:bool) -> tuple:
+    "A question on `rel`; a share `idk` of them about a fictional entity, answered 'I do not know'."
+    fictional = c.idk > 0 and c.rng.random() < c.idk
+    kind = f"idk:{rel}" if fictional else rel
+    pool = (c.fiction if fictional else c.facts)[rel]
+    entity, x, y = c.rng.choice([f for f in pool if f"{kind}:{f[0]}" not in used] or pool)
     _, questions, formal, casual = RELATIONS[rel]
-    q = _fill(rng.choice(FOLLOW_UPS) if follow else pick(questions), x)
-    return q, _fill(rng.choice(formal if style == "formal" else casual), x, y), f"{rel}:{entity}", ("fact", rel)
+    q = _fill(c.rng.choice(FOLLOW_UPS) if follow else c.pick(questions), x)
+    a = c.reply([IDK_FORMAL[rel]], IDK_CASUAL) if fictional else c.reply(formal, casual)
+    return q, _fill(a, x, y), f"{kind}:{entity}", ("fact", rel)
+
+# %% ../nbs/01c_chat_data.ipynb #acfbd597
+def _profile_item(ask:str, p:dict) -> str: return f"name:{p['name']}" if ask == "name" else f"favourite:{p['name']}:{p['thing']}"
+
+def _profile_turn(c:_Conv, used:set) -> tuple:
+    "A question whose answer is in the system prompt's profile: the user's name or favourite thing."
+    ask = c.rng.choice([k for k in PROFILE_QUESTIONS if _profile_item(k, c.profile) not in used] or ["name"])
+    train_q, held_q, formal, casual = PROFILE_QUESTIONS[ask]
+    q = _profile_fill(c.pick(held_q if c.heldout else train_q), c.profile)
+    return q, _profile_fill(c.reply([formal], [casual]), c.profile), _profile_item(ask, c.profile), ("profile", ask)
+
+def _tell_turn(c:_Conv, used:set) -> tuple:
+    "'Tell me a fact.': a fact of the system prompt's topic, stated in full."
+    rel = c.rng.choice(TOPIC_RELATIONS[c.topic])
+    pool = c.facts[rel]
+    entity, x, y = c.rng.choice([f for f in pool if f"tell:{rel}:{f[0]}" not in used] or pool)
+    q = c.pick(FACT_REQUESTS[1] if c.heldout else FACT_REQUESTS[0])
+    return q, _fill(c.reply(RELATIONS[rel][2], TELL_CASUAL[rel]), x, y), f"tell:{rel}:{entity}", ("tell", rel)
+
+def _turn(c:_Conv, t:int, prev:tuple|None, used:set) -> tuple:
+    "Turn `t`: a follow-up on the previous fact or sum, or a fresh question of a kind the conversation allows."
+    follow = prev is not None and prev[0] in ("arith", "fact") and c.rng.random() < 0.5
+    if follow: kind = prev[0]
+    elif t == 0 and c.topic: kind = "tell"  # a topic conversation opens with a request on its topic
+    else:
+        profile_left = c.profile is not None and any(_profile_item(k, c.profile) not in used for k in PROFILE_QUESTIONS)
+        weights = {"persona": 2, "arith": 4, "fact": 4, "profile": 3 * profile_left, "tell": 2 * (c.topic is not None)}
+        kind = c.rng.choices(list(weights), weights=list(weights.values()))[0]
+    if kind == "persona": return _persona_turn(c, used)
+    if kind == "arith": return _arith_turn(c, used, follow)
+    if kind == "profile": return _profile_turn(c, used)
+    if kind == "tell": return _tell_turn(c, used)
+    return _fact_turn(c, used, prev[1] if follow else c.rng.choice(list(RELATIONS)), follow)
+
+# %% ../nbs/01c_chat_data.ipynb #2c31ee0f
+MAX_CHARS = 600  # characters of content per conversation, at most (system prompt and all turns)
+
+def _fraction(name:str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+        raise CourseError(f"{name}={v!r}; expected a fraction from 0 to 1")
+    return float(v)
+
+def _draw_profile(rng:random.Random, names:list[str]) -> dict:
+    name, thing = rng.choice(names), rng.choice(list(FAVOURITES))
+    return {"name": name, "pronoun": NAMES[name], "thing": thing, "value": rng.choice(FAVOURITES[thing])}
+
+def _topic_of(item:str) -> str:
+    "The topic of a turn's item: persona, profile, arithmetic or one of TOPIC_TAGS."
+    kind, rest = item.split(":", 1)
+    if kind in ("name", "favourite"): return "profile"
+    if kind in ("idk", "tell"): kind = rest.split(":")[0]
+    return TOPICS.get(kind, "arithmetic")
 
 # %% ../nbs/01c_chat_data.ipynb #23c1bb19
 def make_chat_dataset(n:int, # number of conversations
-                      seed:int=0, # the same seed (and split) always gives the same conversations
-                      split:str="train", # "train" or "heldout": held-out facts, problems and persona phrasings never appear in train
+                      seed:int=0, # the same seed (and split and options) always gives the same conversations
+                      split:str="train", # "train" or "heldout": held-out material never appears in train
                       augment:bool=True, # paraphrase templates and surface noise on user turns
                       max_turns:int=3, # user turns per conversation: 1 .. max_turns
+                      *, profile:float=0.4, # share of conversations whose system prompt states a user profile
+                      topic:float=0.15, # share whose system prompt has a topic tag; they open with "Tell me a fact."
+                      idk:float=0.1, # share of fact questions about fictional entities, answered "I do not know"
+                      wording:float=0.3, # share worded casually or formally (half each), independently of the style
                      ) -> list[dict]:
-    "Seeded synthetic multi-turn chats (persona, arithmetic, facts; formal or casual) as role-tagged rows."
+    "Seeded synthetic multi-turn chats (persona, sums, facts, profiles, topics, 'I don't know'; formal or casual)."
     if not isinstance(n, int) or n < 0: raise CourseError(f"n={n!r}; expected a non-negative number of conversations")
     if max_turns < 1: raise CourseError(f"max_turns={max_turns}; expected at least 1")
-    facts = fact_table(split)
-    rng = random.Random(seed * 2 + (split == "heldout"))
+    profile, topic, idk, wording = (_fraction(k, v) for k, v in [("profile", profile), ("topic", topic), ("idk", idk), ("wording", wording)])
+    facts, fiction, heldout = fact_table(split), fictional_table(split), split == "heldout"
+    names = [nm for nm in NAMES if is_heldout_name(nm) == heldout]
+    rng = random.Random(seed * 2 + heldout)
     rows = []
     for _ in range(n):
         style = rng.choice(["formal", "casual"])
-        msgs, items, prev = [{"role": "system", "content": SYSTEM_PROMPTS[style]}], [], None
+        prof = _draw_profile(rng, names) if rng.random() < profile else None
+        tag = rng.choice(TOPIC_TAGS) if rng.random() < topic else None
+        words = rng.choice(["casual", "formal"]) if rng.random() < wording else "plain"
+        c = _Conv(rng, style, heldout, augment, idk, facts, fiction, prof, tag)
+        msgs, items, prev = [{"role": "system", "content": system_prompt(style, prof, tag)}], [], None
         for t in range(rng.randint(1, max_turns)):
-            q, a, item, prev = _turn(rng, style, split, augment, prev, facts, set(items))
-            msgs += [{"role": "user", "content": _noise(q, rng, t == 0) if augment else q}, {"role": "assistant", "content": a}]
+            q, a, item, prev = _turn(c, t, prev, set(items))
+            u = _user(q, rng, t == 0, augment, words)
+            if t and sum(len(m["content"]) for m in msgs) + len(u) + len(a) > MAX_CHARS: break  # keep rows short
+            msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
             items.append(item)
-        topics = sorted({TOPICS.get(i.split(":")[0], "arithmetic") for i in items})
-        rows.append({"messages": msgs, "tags": {"style": style, "topics": topics, "items": items, "split": split, "augmented": augment}})
+        rows.append({"messages": msgs, "tags": {"style": style, "topics": sorted({_topic_of(i) for i in items}), "items": items,
+                     "split": split, "augmented": augment, "profile": prof, "topic_tag": tag, "wording": words}})
     return rows
 
 # %% ../nbs/01c_chat_data.ipynb #07660922
@@ -222,16 +410,182 @@ def distinct_n(texts:Iterable[str], n:int=2) -> float:
     grams = [tuple(ws[i:i + n]) for t in texts for ws in [t.lower().split()] for i in range(len(ws) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
+# %% ../nbs/01c_chat_data.ipynb #33e6ec9a
+FACT_BOOK_TEMPLATES = {  # relation: sentences that state one of its facts, x the entity and y the answer
+    "capital": ["The capital of {x} is {y}.", "{y} is the capital city of {x}.", "{x}'s capital is {y}.",
+                "If you visit {x}, its capital is {y}.", "The government of {x} sits in {y}, its capital.",
+                "{y} serves as the capital of {x}.", "Of all the cities in {x}, {y} is the capital.",
+                "The capital city of {x} is called {y}.", "{x} has {y} as its capital.", "People in {x} call {y} their capital."],
+    "planet_order": ["{X} is the {y} planet from the Sun.", "Counting outward from the Sun, {x} comes {y}.",
+                     "The {y} planet from the Sun is {x}.", "{X} holds the {y} place in the order of the planets.",
+                     "Of the planets, {x} is the {y} from the Sun.", "Starting at the Sun, the {y} planet you reach is {x}.",
+                     "In the order of the planets, {x} is {y}.", "Going out from the Sun, {x} is in {y} place.",
+                     "{X} orbits the Sun as its {y} planet.", "Astronomers list {x} {y} among the planets."],
+    "planet_kind": ["{X} is {y}.", "Astronomers class {x} as {y}.", "{X} counts as {y}.", "As planets go, {x} is {y}.",
+                    "The planet {x} is {y}.", "In the solar system, {x} is {y}.", "{X} is known to be {y}.",
+                    "Scientists describe {x} as {y}.", "By its make-up, {x} is {y}.", "Seen up close, {x} turns out to be {y}."],
+    "symbol": ["The chemical symbol for {x} is {y}.", "{y} is the chemical symbol of {x}.", "Chemists write {x} as {y}.",
+               "On the periodic table, {x} appears as {y}.", "The symbol {y} stands for {x}.", "{X} has the chemical symbol {y}.",
+               "In chemistry, {y} means {x}.", "The element {x} is written {y}.", "{X}'s symbol is {y}.",
+               "You will find {x} under the symbol {y}."]}
+FACT_BOOK_K = min(map(len, FACT_BOOK_TEMPLATES.values()))  # the most paraphrases a fact can have
+
+def fact_book(k:int, # distinct paraphrases of each fact: 0 .. FACT_BOOK_K
+              seed:int=0, # the same seed gives the same documents
+             ) -> list[str]:
+    "Pretraining prose: every real fact (train and held out) in k different templates, shuffled into paragraphs."
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= FACT_BOOK_K:
+        raise CourseError(f"k={k!r}; expected a whole number from 0 to {FACT_BOOK_K} (the sentence templates of each relation)")
+    rng = random.Random(seed)
+    sentences = [_fill(t, x, y) for rel, templates in FACT_BOOK_TEMPLATES.items() for _, x, y in RELATIONS[rel][0]
+                 for t in rng.sample(templates, k)]
+    rng.shuffle(sentences)
+    docs = []
+    while sentences:
+        n = rng.randint(5, 10)
+        docs.append(" ".join(sentences[:n])); sentences = sentences[n:]
+    return docs
+
+# %% ../nbs/01c_chat_data.ipynb #b4042e7e
+EVAL_BEHAVIOURS = {  # behaviour: what its items ask, from which material
+    "persona": "held-out persona phrasings; expect a key phrase of the answer (PERSONA_KEYS)",
+    "add_sub": "held-out additions and subtractions; expect the result", "mul": "held-out multiplications; expect the result",
+    "fact_train": "facts about training entities; expect the answer",
+    "follow_up": "a fact turn and its reply, then 'And Spain?' on another training entity; expect its answer",
+    "style": "both styles, half of them worded against the style; expect the system prompt's style",
+    "profile_name": "a held-out name in the system prompt, a training or held-out name question; expect the name",
+    "topic": "a topic tag and a fact request; expect a fact of that topic",
+    "heldout_entity": "questions about held-out real entities; expect the true answer (and count 'I don't know')",
+    "unknown_entity": "questions about held-out fictional entities; expect 'I don't know'"}
+PERSONA_KEYS = {"name": "Pip", "what": "language model", "maker": "chatgpt-course", "abilities": "capitals"}  # in both answers
+JUDGES = ("number", "word", "cased", "style", "topic", "idk")  # how score_reply reads a reply
+STYLES = tuple(SYSTEM_PROMPTS)
+
+def _eval_item(behaviour, style, turns, reference, expect, judge, item, profile=None, topic=None, wording="plain", **extra) -> dict:
+    "An evaluation item: the system prompt, then user (and assistant) turns ending with the user's."
+    msgs = [{"role": "system", "content": system_prompt(style, profile, topic)}]
+    msgs += [{"role": ("user", "assistant")[i % 2], "content": t} for i, t in enumerate(turns)]
+    return {"behaviour": behaviour, "messages": msgs, "expect": expect, "judge": judge, "reference": reference,
+            "item": item, "style": style, "wording": wording, **extra}
+
+# %% ../nbs/01c_chat_data.ipynb #8c7f1f1a
+def _fact_expect(rel:str, y:str) -> tuple[str, str]:
+    "What a right reply holds: the answer without the article of 'a rocky planet'; symbols keep their case ('He', not 'he')."
+    return (y.split(" ", 1)[1] if rel == "planet_kind" else y), ("cased" if rel == "symbol" else "word")
+
+def _fact_qa(rng:random.Random, split:str, style:str) -> tuple:
+    "A question on a random fact of `split`, and the generator's reply to it in `style`: (relation, entity, y, question, reply)."
+    rel = rng.choice(list(RELATIONS)); entity, x, y = rng.choice(fact_table(split)[rel])
+    _, questions, formal, casual = RELATIONS[rel]
+    return rel, entity, y, _fill(rng.choice(questions), x), _fill(rng.choice(formal if style == "formal" else casual), x, y)
+
+def _ev_fact(behaviour:str, split:str):
+    def make(rng, i):
+        style = rng.choice(STYLES)
+        rel, entity, y, q, ref = _fact_qa(rng, split, style)
+        return _eval_item(behaviour, style, [q], ref, *_fact_expect(rel, y), f"{rel}:{entity}")
+    return make
+
+def _ev_arith(behaviour:str, ops:tuple):
+    def make(rng, i):
+        op, a, b = next(p for p in iter(lambda: _arith_problem(rng, True), None) if p[0] in ops)
+        (w, s, fn), style = OPS[op], rng.choice(STYLES)
+        ref = rng.choice(ARITH_FORMAL if style == "formal" else ARITH_CASUAL).format(a=a, b=b, w=w, s=s, r=fn(a, b))
+        return _eval_item(behaviour, style, [rng.choice(ARITH_QUESTIONS).format(a=a, b=b, w=w, s=s)], ref, str(fn(a, b)), "number", arith_key(op, a, b))
+    return make
+
+def _ev_persona(rng, i):
+    key, style = rng.choice(list(PERSONA)), rng.choice(STYLES)
+    _, held_q, formal, casual = PERSONA[key]
+    return _eval_item("persona", style, [rng.choice(held_q)], formal if style == "formal" else casual, PERSONA_KEYS[key], "word", f"persona:{key}")
+
+def _ev_follow_up(rng, i):
+    rel, style = rng.choice(list(RELATIONS)), rng.choice(STYLES)
+    (e1, x1, y1), (e2, x2, y2) = rng.sample(fact_table("train")[rel], 2)
+    _, questions, formal, casual = RELATIONS[rel]
+    a1, ref = (_fill(rng.choice(formal if style == "formal" else casual), x, y) for x, y in ((x1, y1), (x2, y2)))
+    turns = [_fill(rng.choice(questions), x1), a1, _fill(rng.choice(FOLLOW_UPS), x2)]
+    return _eval_item("follow_up", style, turns, ref, *_fact_expect(rel, y2), f"{rel}:{e2}", context=f"{rel}:{e1}")
+
+# %% ../nbs/01c_chat_data.ipynb #c4d35c03
+def _ev_style(rng, i):
+    "Styles alternate; every other pair of items is worded against its style, the others plainly."
+    style = STYLES[i % 2]
+    wording = {"formal": "casual", "casual": "formal"}[style] if (i // 2) % 2 == 0 else "plain"
+    rel, entity, y, q, ref = _fact_qa(rng, "train", style)
+    return _eval_item("style", style, [_user(q, rng, True, False, wording)], ref, style, "style", f"{rel}:{entity}", wording=wording)
+
+def _ev_profile_name(rng, i):
+    prof, style = _draw_profile(rng, [nm for nm in NAMES if is_heldout_name(nm)]), rng.choice(STYLES)
+    train_q, held_q, formal, casual = PROFILE_QUESTIONS["name"]
+    q = rng.choice(train_q + held_q)
+    return _eval_item("profile_name", style, [q], _profile_fill(formal if style == "formal" else casual, prof), prof["name"], "word",
+                      f"name:{prof['name']}", profile=prof, heldout_phrasing=q in held_q)
+
+def _ev_topic(rng, i):
+    topic, style, wording = TOPIC_TAGS[i % len(TOPIC_TAGS)], rng.choice(STYLES), rng.choice(["plain", "casual", "formal"])
+    q = rng.choice(FACT_REQUESTS[0] + FACT_REQUESTS[1])
+    rel = rng.choice(TOPIC_RELATIONS[topic]); _, x, y = rng.choice(fact_table("train")[rel])
+    ref = _fill(rng.choice(RELATIONS[rel][2] if style == "formal" else TELL_CASUAL[rel]), x, y)
+    return _eval_item("topic", style, [_user(q, rng, True, False, wording)], ref, topic, "topic", f"topic:{topic}", topic=topic,
+                      wording=wording, heldout_phrasing=q in FACT_REQUESTS[1])
+
+def _ev_unknown(rng, i):
+    rel, style = rng.choice(list(RELATIONS)), rng.choice(STYLES)
+    entity, x, _ = rng.choice(fictional_table("heldout")[rel])
+    ref = _fill(IDK_FORMAL[rel], x) if style == "formal" else rng.choice(IDK_CASUAL)
+    return _eval_item("unknown_entity", style, [_fill(rng.choice(RELATIONS[rel][1]), x)], ref, "I don't know", "idk", f"idk:{rel}:{entity}")
+
+# %% ../nbs/01c_chat_data.ipynb #0d7728d5
+_EVAL_MAKERS = {"persona": _ev_persona, "add_sub": _ev_arith("add_sub", ("add", "sub")), "mul": _ev_arith("mul", ("mul",)),
+                "fact_train": _ev_fact("fact_train", "train"), "follow_up": _ev_follow_up, "style": _ev_style,
+                "profile_name": _ev_profile_name, "topic": _ev_topic, "heldout_entity": _ev_fact("heldout_entity", "heldout"),
+                "unknown_entity": _ev_unknown}  # one per behaviour of EVAL_BEHAVIOURS, in its order
+
+def make_eval_set(n:int=50, # items per behaviour (fewer where fewer distinct ones exist, as for the persona)
+                  seed:int=0, # the same seed gives the same items
+                 ) -> list[dict]:
+    "Evaluation items, up to n distinct ones per behaviour: messages ending with the user's turn, what a right reply holds."
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise CourseError(f"n={n!r}; expected a non-negative number of items per behaviour")
+    items = []
+    for behaviour, make in _EVAL_MAKERS.items():
+        rng, seen = random.Random(f"{seed}:{behaviour}"), set()  # a stream per behaviour: n for one does not shift another
+        for _ in range(50 * n):  # rejection of repeats; gives up on a behaviour with fewer than n distinct items
+            if len(seen) == n: break
+            item = make(rng, len(seen))
+            if (key := repr(item["messages"])) not in seen: seen.add(key); items.append(item)
+    return items
+
+# %% ../nbs/01c_chat_data.ipynb #5b3d9ccc
+def _has_phrase(text:str, phrase:str, cased:bool) -> bool:
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, 0 if cased else re.IGNORECASE) is not None
+
+def score_reply(item:dict, # an item of make_eval_set (its "judge" and "expect" are read)
+                reply:str, # the model's reply
+               ) -> dict:
+    "Judge a reply: {'correct': bool, 'idk': bool (it says it does not know), 'got': what the judge read}."
+    judge, expect = item["judge"], item["expect"]
+    if judge == "number":
+        ints = re.findall(r"-?\d+", reply); got = int(ints[-1]) if ints else None; correct = got == int(expect)
+    elif judge in ("word", "cased"): correct = got = _has_phrase(reply, expect, judge == "cased")
+    elif judge == "style": got = reply_style(reply); correct = got == expect
+    elif judge == "topic": got = reply_topic(reply); correct = got == expect
+    elif judge == "idk": correct = got = is_idk(reply)
+    else: raise CourseError(f"judge={judge!r}; expected one of {JUDGES}")
+    return {"correct": bool(correct), "idk": is_idk(reply), "got": got}
+
 # %% ../nbs/01c_chat_data.ipynb #7cbdbbf5
 def format_chat(row:dict) -> str:
     "A conversation as readable text, one turn per line."
-    tags = ", ".join(f"{k}={v}" for k, v in row.get("tags", {}).items() if k in ("style", "topics", "split"))
+    tags = ", ".join(f"{k}={v}" for k, v in row.get("tags", {}).items() if k in ("style", "wording", "topic_tag", "topics", "split"))
     return "\n".join([f"[{tags}]"] + [f"  {m['role']:>9}: {m['content']}" for m in row["messages"]])
 
 def chat_summary(rows:list[dict], # conversations from `make_chat_dataset`
                 ) -> dict:
-    "Counts of conversations, user turns, topics and styles (topics and styles sorted by name)."
-    topics = Counter(t for r in rows for t in r["tags"]["topics"])
-    styles = Counter(r["tags"]["style"] for r in rows)
+    "Counts of conversations, user turns, topics, styles and wordings (sorted by name), profiles and topic tags."
+    count = lambda values: dict(sorted(Counter(values).items()))
     return {"conversations": len(rows), "user turns": sum(len(r["tags"]["items"]) for r in rows),
-            "topics": dict(sorted(topics.items())), "styles": dict(sorted(styles.items()))}
+            "topics": count(t for r in rows for t in r["tags"]["topics"]), "styles": count(r["tags"]["style"] for r in rows),
+            "wordings": count(r["tags"]["wording"] for r in rows), "profiles": sum(r["tags"]["profile"] is not None for r in rows),
+            "topic tags": sum(r["tags"]["topic_tag"] is not None for r in rows)}

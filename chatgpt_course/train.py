@@ -18,7 +18,7 @@ from .core import CourseError, get_device, precision_for, seed_everything
 from .files import atomic_write, read_json, refuse_bundled, write_json
 from .data import load_documents, shakespeare_documents, split_train_val
 from .model import GPT, GPTConfig, flops_per_token
-from .tokenizer import load_tokenizer, CharTokenizer, BPETokenizer
+from .tokenizer import load_tokenizer, CharTokenizer, BPETokenizer, GPT2_PATTERN, DIGIT_PATTERN
 from .batches import (open_token_file, tokenize_documents, RandomWindows, eval_windows,
                                     token_byte_lengths, bits_per_byte, target_stats)
 from .optim import Objective, lm_objective, make_optimizer, lr_at, set_lr, train_step, peak_flops, mfu
@@ -40,7 +40,7 @@ class TrainConfig:
     data: str = "shakespeare"  # a text file (documents separated by blank lines), a JSONL/parquet file of {"text": ...} rows, a folder of them, or "shakespeare"
     train_tokens: str = ""     # a token file (from write_token_file) to train on instead of --data; needs --val-tokens
     val_tokens: str = ""       # the held-out token file that goes with --train-tokens
-    tokenizer: str = "char"    # "char", "gpt2", "gpt2-chat", "bpe:N" (an N-token BPE trained on the train split) or a saved tokenizer directory
+    tokenizer: str = "char"    # "char", "gpt2", "gpt2-chat", "bpe:N" (an N-token BPE trained on the train split), "bpe-digits:N" (the same, numbers split into digits) or a saved tokenizer directory
     val_fraction: float = 0.1  # share of documents held out for validation
     split_seed: int = 0        # seeds the document split
     # batch
@@ -108,8 +108,8 @@ def check_config(cfg:TrainConfig, # the run's config
     if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1): bad(f"beta1 and beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
     if not 0 < cfg.val_fraction < 1: bad(f"val_fraction must be between 0 and 1, got {cfg.val_fraction}")
     if bool(cfg.train_tokens) != bool(cfg.val_tokens): bad("--train-tokens and --val-tokens go together: give both or neither")
-    if not re.fullmatch(r"char|gpt2|gpt2-chat|bpe:\d+", cfg.tokenizer) and not Path(cfg.tokenizer).exists():
-        bad(f"tokenizer {cfg.tokenizer!r} is not 'char', 'gpt2', 'gpt2-chat', 'bpe:N' or an existing tokenizer directory")
+    if not re.fullmatch(r"char|gpt2|gpt2-chat|bpe(-digits)?:\d+", cfg.tokenizer) and not Path(cfg.tokenizer).exists():
+        bad(f"tokenizer {cfg.tokenizer!r} is not 'char', 'gpt2', 'gpt2-chat', 'bpe:N', 'bpe-digits:N' or an existing tokenizer directory")
     if cfg.parallel not in ("ddp", "fsdp"): bad(f"parallel must be 'ddp' or 'fsdp', got {cfg.parallel!r}")
     per_step = cfg.batch_size * cfg.seq_len * world_size
     if cfg.batch_tokens == 0: return 1
@@ -130,7 +130,9 @@ def _make_tokenizer(spec:str, train_docs:list[str], all_docs:list[str], out:Path
     "The run's tokenizer (saved under out/tokenizer unless it is GPT-2's) and its spec for the run's records."
     if spec in ("gpt2", "gpt2-chat"): return load_tokenizer(spec), spec  # built from the bundled file: nothing to save
     if spec == "char": tok = CharTokenizer.train("".join(all_docs))  # the characters of the whole corpus: none unknown in validation
-    elif spec.startswith("bpe:"): tok = BPETokenizer.train("\n\n".join(train_docs), int(spec[4:]))
+    elif spec.startswith(("bpe:", "bpe-digits:")):  # bpe-digits: numbers split into single digits before merging (DIGIT_PATTERN)
+        kind, n = spec.split(":")
+        tok = BPETokenizer.train("\n\n".join(train_docs), int(n), pattern=DIGIT_PATTERN if kind == "bpe-digits" else GPT2_PATTERN)
     else: tok = load_tokenizer(spec)
     tok.save(out / "tokenizer")
     return tok, "tokenizer"
