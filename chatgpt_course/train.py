@@ -81,6 +81,11 @@ PRESETS = {
         tokenizer="bpe:2048", seq_len=128, batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=100, max_steps=2000,
         beta2=0.99, weight_decay=0.1, fused_adamw=True, threads=2, eval_every=250, eval_tokens=0, sample_tokens=100,
         sample_prompt="\n", ckpt_every=500),
+    "cpu-chat": TrainConfig(  # the base of the chat model (06a): a longer context, rotary positions, numbers split into digits
+        model=GPTConfig(block_size=256, vocab_size=2048, n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False, gelu_approx="none", pos="rope"),
+        tokenizer="bpe-digits:2048", seq_len=256, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=50, max_steps=600,
+        beta2=0.99, weight_decay=0.1, fused_adamw=True, threads=2, eval_every=200, eval_tokens=0, sample_tokens=100,
+        sample_prompt="\n", ckpt_every=300),
     "gpu-124m": TrainConfig(
         model=GPTConfig(block_size=1024, vocab_size=50304, n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=True),
         tokenizer="gpt2", seq_len=1024, batch_size=16, batch_tokens=524288, lr=6e-4, min_lr=6e-5, warmup_steps=700,
