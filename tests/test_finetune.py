@@ -182,7 +182,7 @@ def test_a_start_from_gpt2_weights_in_hugging_face_format(work, tmp_path):
     cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, vocab_size=50257)
     torch.manual_seed(0); transformers.GPT2LMHeadModel(cfg).save_pretrained(hf)
     out = tmp_path / "out"
-    r = cli("sft", "--base", f"hf:{hf}", "--data", work / "chat.jsonl", "--out", out, *TINY_SFT, "--max-steps", "2")
+    r = cli("sft", "--base", f"hf:{hf}", "--data", work / "chat.jsonl", "--out", out, *TINY_SFT, "--max-steps", "2", "--mix-rows", "0")  # no pretraining text to mix
     assert r.returncode == 0, r.stderr
     model, tok, meta = load_trained(out)
     assert tok.name == "gpt2-chat" and model.config.vocab_size >= 50261 and meta["tokenizer"] == "gpt2-chat"
