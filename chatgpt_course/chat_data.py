@@ -19,8 +19,8 @@ __all__ = ['ASSISTANT_NAME', 'CAPITALS', 'PLANETS', 'ELEMENTS', 'TOPICS', 'RELAT
            'IDK_CASUAL', 'WORDINGS', 'MAX_CHARS', 'ROLES', 'FACT_BOOK_TEMPLATES', 'FACT_BOOK_K', 'EVAL_BEHAVIOURS',
            'PERSONA_KEYS', 'JUDGES', 'STYLES', 'is_heldout_entity', 'arith_key', 'is_heldout_arith', 'fact_table',
            'is_heldout_name', 'system_prompt', 'is_idk', 'fictional_table', 'reply_style', 'reply_topic',
-           'make_chat_dataset', 'validate_chat', 'distinct_n', 'fact_book', 'make_eval_set', 'score_reply',
-           'format_chat', 'chat_summary']
+           'invented_name', 'make_chat_dataset', 'validate_chat', 'distinct_n', 'fact_book', 'make_eval_set',
+           'score_reply', 'format_chat', 'chat_summary']
 
 # %% ../nbs/01c_chat_data.ipynb #543af495
 ASSISTANT_NAME = "Pip"
@@ -338,9 +338,19 @@ def _fraction(name:str, v) -> float:
         raise CourseError(f"{name}={v!r}; expected a fraction from 0 to 1")
     return float(v)
 
-def _draw_profile(rng:random.Random, names:list[str]) -> dict:
-    name, thing = rng.choice(names), rng.choice(list(FAVOURITES))
-    return {"name": name, "pronoun": NAMES[name], "thing": thing, "value": rng.choice(FAVOURITES[thing])}
+_SYLLABLES = ["ba", "ko", "mi", "ra", "te", "lu", "sa", "no", "vi", "da", "ze", "ka", "li", "mo", "fe", "ri", "ta", "ne", "jo", "su"]
+_NOT_NAMES = set(NAMES) | {e for facts, *_ in RELATIONS.values() for f in facts for e in f[:2]}
+
+def invented_name(rng:random.Random) -> str:
+    "A pronounceable name of 2-3 syllables: no name of NAMES, no entity, and on the training side of the names' hash split."
+    while (name := "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()) in _NOT_NAMES or is_heldout_name(name): pass
+    return name
+
+def _draw_profile(rng:random.Random, names:list[str], invent:float=0.0) -> dict:
+    if invent and rng.random() < invent: name, pronoun = invented_name(rng), rng.choice(list(POSSESSIVE))
+    else: name = rng.choice(names); pronoun = NAMES[name]
+    thing = rng.choice(list(FAVOURITES))
+    return {"name": name, "pronoun": pronoun, "thing": thing, "value": rng.choice(FAVOURITES[thing])}
 
 def _topic_of(item:str) -> str:
     "The topic of a turn's item: persona, profile, arithmetic or one of TOPIC_TAGS."
@@ -359,18 +369,19 @@ def make_chat_dataset(n:int, # number of conversations
                       topic:float=0.15, # share whose system prompt has a topic tag; they open with "Tell me a fact."
                       idk:float=0.1, # share of fact questions about fictional entities, answered "I do not know"
                       wording:float=0.3, # share worded casually or formally (half each), independently of the style
+                      invented:float=0.5, # share of training profiles with an invented name: the name must be read, not recalled
                      ) -> list[dict]:
     "Seeded synthetic multi-turn chats (persona, sums, facts, profiles, topics, 'I don't know'; formal or casual)."
     if not isinstance(n, int) or n < 0: raise CourseError(f"n={n!r}; expected a non-negative number of conversations")
     if max_turns < 1: raise CourseError(f"max_turns={max_turns}; expected at least 1")
-    profile, topic, idk, wording = (_fraction(k, v) for k, v in [("profile", profile), ("topic", topic), ("idk", idk), ("wording", wording)])
+    profile, topic, idk, wording, invented = (_fraction(k, v) for k, v in [("profile", profile), ("topic", topic), ("idk", idk), ("wording", wording), ("invented", invented)])
     facts, fiction, heldout = fact_table(split), fictional_table(split), split == "heldout"
     names = [nm for nm in NAMES if is_heldout_name(nm) == heldout]
     rng = random.Random(seed * 2 + heldout)
     rows = []
     for _ in range(n):
         style = rng.choice(["formal", "casual"])
-        prof = _draw_profile(rng, names) if rng.random() < profile else None
+        prof = _draw_profile(rng, names, 0.0 if heldout else invented) if rng.random() < profile else None
         tag = rng.choice(TOPIC_TAGS) if rng.random() < topic else None
         words = rng.choice(["casual", "formal"]) if rng.random() < wording else "plain"
         c = _Conv(rng, style, heldout, augment, idk, facts, fiction, prof, tag)
