@@ -359,8 +359,8 @@ def sft(cfg:SFTConfig, # what to fine-tune, on what, and how
 
 # %% ../nbs/06a_sft.ipynb #1b8c23f0
 SFT_PRESETS = {  # named starting points for `chatgpt-course sft`
-    "cpu-chat": SFTConfig(data="synthetic", heldout="synthetic", synthetic_rows=20000, mix_rows=4, seq_len=256, batch_size=16, lr=3e-3,
-                          min_lr=3e-4, warmup_steps=50, max_steps=1500, threads=2, fused_adamw=True, eval_every=250, eval_rows=256,
+    "cpu-chat": SFTConfig(data="synthetic", heldout="synthetic", synthetic_rows=20000, mix_rows=2, seq_len=256, batch_size=16, lr=3e-3,
+                          min_lr=3e-4, warmup_steps=50, max_steps=1000, threads=2, fused_adamw=True, eval_every=250, eval_rows=256,
                           eval_tokens=16384, ckpt_every=500),
 }
 
