@@ -524,8 +524,7 @@ def fit(model:torch.nn.Module, # the bare model: new, or initialised from a chec
         resume_from:Path|None=None, # a verified checkpoint of this run to continue from
         evaluate:Callable|None=None, # evaluate(model, step) -> figures to log; every process calls it
         meta:dict|None=None, # JSON-able facts saved in every checkpoint (the config, the tokenizer...)
-        tokens_per_step:int=0, flops_per_token:float=0.0, # for the throughput and MFU figures of the log
-        norm_hint:float=1.0, # about the targets of one micro-batch (train_step's scale for backward)
+        tokens_per_step:int=0, flops_per_token:float=0.0, norm_hint:float=1.0, # the log's throughput and MFU; train_step's backward scale
         progress:bool|None=None, say:Callable|None=None, name:str="train", # bar or live plot; where messages go (e.g. print)
         before_step:Callable|None=None, # test hook: before_step(step, model)
        ) -> dict:
@@ -533,8 +532,7 @@ def fit(model:torch.nn.Module, # the bare model: new, or initialised from a chec
     train_model, optimizer, prec, scaler, step, time_offset = _start(model, loader, cfg, dist, resume_from)
     log = RunLog(out / "log.jsonl", dist, cfg.max_steps, step, progress, say, name)
     peak, _ = peak_flops(dist.device); peak = peak * dist.world if peak else None  # MFU of the whole job against all its devices
-    t_start = time.time() - time_offset  # the clock includes the time spent before an interruption
-    recent, last, saved = [], {}, step
+    t_start, recent, last, saved = time.time() - time_offset, [], {}, step  # the clock includes the time before an interruption
     def checkpoint():
         save_state(out, step, model, optimizer, scaler, loader, dist, cfg.parallel, keep=cfg.keep_checkpoints,
                    meta={**(meta or {}), "time_s": time.time() - t_start, **{k: v for k, v in last.items() if k.startswith("val_")}})
@@ -543,13 +541,11 @@ def fit(model:torch.nn.Module, # the bare model: new, or initialised from a chec
         return rec
     try:
         while step < cfg.max_steps:
-            sched_step = _scheduled_step(cfg, step, time.time() - t_start, dist)
-            if sched_step is None:
+            if (sched_step := _scheduled_step(cfg, step, time.time() - t_start, dist)) is None:
                 log.say(f"{name}: the {cfg.max_minutes:g}-minute budget is spent at step {step}"); break
             if before_step: before_step(step, model)
             lr = lr_at(sched_step, cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr); set_lr(optimizer, lr)
-            r, dt = _timed_step(train_model, loader, optimizer, prec, scaler, cfg, step, objective, norm_hint, out, dist)
-            step += 1
+            r, dt = _timed_step(train_model, loader, optimizer, prec, scaler, cfg, step, objective, norm_hint, out, dist); step += 1
             if r["loss"] is not None: recent.append(r["loss"])
             log.emit(_step_record(step, r, lr, dt, tokens_per_step, flops_per_token, peak, t_start))
             if step % cfg.eval_every == 0 or step == cfg.max_steps: last = run_eval(); recent = []

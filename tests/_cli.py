@@ -32,3 +32,28 @@ def imports_of(*args, cwd) -> dict:
     r = subprocess.run([sys.executable, "-c", _REPORTER, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
     assert r.returncode == 0 and r.stdout.strip(), (args, r.stdout, r.stderr)
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+# Runs the command line with each checkpoint reported on stdout as it is saved, so a test can kill it mid-run.
+WATCH_CLI = """import sys, chatgpt_course.train as t
+save = t.save_checkpoint
+def saved(*a, **k):
+    p = save(*a, **k); print("saved", p.name, flush=True); return p
+t.save_checkpoint = saved
+from chatgpt_course.cli import main; sys.exit(main())"""
+
+def kill_after_checkpoint(args, ckpt:str, env:dict) -> int:
+    "Run `chatgpt-course ARGS`, SIGKILL it once it reports checkpoint `ckpt` (e.g. 'ckpt-00000010'); its return code."
+    import signal
+    proc = subprocess.Popen([sys.executable, "-c", WATCH_CLI, *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if line.startswith(f"saved {ckpt}"): break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.stdout.close(); proc.wait()
+    return proc.returncode
+
+def train_losses(run:Path) -> list[float]:
+    "The per-step training losses of a run's log.jsonl."
+    return [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]

@@ -5,7 +5,6 @@ written), conversations longer than the context cut by whole exchanges, a start 
 format (a small random GPT-2 saved locally, never downloaded), and `chat` answering from the fine-tuned model.
 All runs are tiny CPU models."""
 import json, os, signal, subprocess, sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,20 +12,15 @@ import torch
 from chatgpt_course.chat_data import make_chat_dataset
 from chatgpt_course.checkpoint import latest_checkpoint, load_trained
 from chatgpt_course.files import write_jsonl
-from chatgpt_course.finetune import ChatBatches, encode_chats, pad_batch, SFTConfig, sft
+from chatgpt_course.finetune import ChatBatches, encode_chats, pad_batch
 from chatgpt_course.model import GPT, GPTConfig
 from chatgpt_course.optim import IGNORE_INDEX, make_optimizer, train_step
 from chatgpt_course.core import precision_for
 from chatgpt_course.tokenizer import gpt2_tokenizer
+from _cli import kill_after_checkpoint, train_losses  # tests/_cli.py
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 RUN_CLI = "import sys; from chatgpt_course.cli import main; sys.exit(main())"
-WATCH_CLI = """import sys, chatgpt_course.train as t
-save = t.save_checkpoint
-def saved(*a, **k):
-    p = save(*a, **k); print("saved", p.name, flush=True); return p
-t.save_checkpoint = saved
-from chatgpt_course.cli import main; sys.exit(main())"""
 TINY_BASE = ["--preset", "cpu-tiny", "--tokenizer", "bpe:300", "--vocab-size", "320", "--n-layer", "2", "--n-embd", "32", "--n-head", "2",
              "--block-size", "128", "--seq-len", "64", "--batch-size", "4", "--max-steps", "4", "--warmup-steps", "1", "--eval-tokens", "256",
              "--sample-tokens", "0", "--threads", "1", "--no-progress"]
@@ -100,22 +94,14 @@ def test_sigkill_then_resume_is_bitwise_identical(work, tmp_path):
     flags = ["--max-steps", "24", "--ckpt-every", "4", "--eval-every", "8", "--mix-rows", "1"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     r = cli(*sft_flags(work, straight, *flags)); assert r.returncode == 0, r.stderr
-    proc = subprocess.Popen([sys.executable, "-c", WATCH_CLI, *map(str, sft_flags(work, killed, *flags))],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
-    try:
-        for line in proc.stdout:
-            if line.startswith("saved ckpt-00000008"): break
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.stdout.close(); proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    rc = kill_after_checkpoint(sft_flags(work, killed, *flags), "ckpt-00000008", ENV)
+    assert rc == -signal.SIGKILL, "the run finished before it could be killed"
     assert 8 <= int(latest_checkpoint(killed).name[5:]) < 24
     r = cli("sft", "--out", killed, "--resume", "--no-progress"); assert r.returncode == 0, r.stderr
     a, b = latest_checkpoint(straight), latest_checkpoint(killed)
     assert a.name == b.name == "ckpt-00000024"
     for f in ("model.safetensors", "optimizer.pt"): assert (a / f).read_bytes() == (b / f).read_bytes(), f
-    losses = lambda run: [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
-    assert losses(straight) == losses(killed)
+    assert train_losses(straight) == train_losses(killed)
 
 def test_sft_then_chat_answers_from_the_fine_tuned_model(work, tmp_path):
     out = tmp_path / "chat"

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from chatgpt_course.cli import main
+from _cli import kill_after_checkpoint, train_losses  # tests/_cli.py
 from chatgpt_course.core import data_path, precision_for, seed_everything
 from chatgpt_course.checkpoint import latest_checkpoint, load_checkpoint, load_trained
 from chatgpt_course.batches import write_token_file, token_byte_lengths
@@ -28,12 +29,6 @@ from chatgpt_course.train import PRESETS, evaluate
 TINY = ["--preset", "cpu-tiny", "--tokenizer", "char", "--vocab-size", "66", "--n-layer", "2", "--n-embd", "32", "--n-head", "2", "--block-size", "32", "--seq-len", "32",
         "--batch-size", "4", "--warmup-steps", "3", "--eval-tokens", "512", "--sample-tokens", "0", "--threads", "1", "--no-progress"]
 RUN_CLI = "import sys; from chatgpt_course.cli import main; sys.exit(main())"
-WATCH_CLI = """import sys, chatgpt_course.train as t
-save = t.save_checkpoint
-def saved(*a, **k):
-    p = save(*a, **k); print("saved", p.name, flush=True); return p
-t.save_checkpoint = saved
-from chatgpt_course.cli import main; sys.exit(main())"""
 STOP_CLI = """import sys, chatgpt_course.train as t
 step = t.train_step
 def stopping(*a, **k):
@@ -50,23 +45,14 @@ def cli(*args, **kw) -> subprocess.CompletedProcess:
 def tree_digest(d:Path) -> dict:
     return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
 
-def train_losses(run:Path) -> list[float]:
-    return [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["kind"] == "train"]
 
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
     flags = TINY + ["--max-steps", "40", "--ckpt-every", "5", "--eval-every", "10", "--dropout", "0.1"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     r = cli("pretrain", *flags, "--out", straight); assert r.returncode == 0, r.stderr
     # the child reports each checkpoint on stdout as it is saved; the test waits on that pipe, then kills it mid-run
-    proc = subprocess.Popen([sys.executable, "-c", WATCH_CLI, "pretrain", *flags, "--out", str(killed)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
-    try:
-        for line in proc.stdout:
-            if line.startswith("saved ckpt-00000010"): break
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.stdout.close(); proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    rc = kill_after_checkpoint(["pretrain", *flags, "--out", killed], "ckpt-00000010", ENV)
+    assert rc == -signal.SIGKILL, "the run finished before it could be killed"
     k = int(latest_checkpoint(killed).name[5:])
     assert 10 <= k < 40, k
     r = cli("pretrain", "--out", killed, "--resume", "--no-progress"); assert r.returncode == 0, r.stderr
