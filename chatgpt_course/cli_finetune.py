@@ -7,14 +7,13 @@ from __future__ import annotations
 import argparse, dataclasses, os, sys
 from pathlib import Path
 
-from .core import CourseError, runs_path
-from .files import read_json
-from .cli_train import _add_config_flags
+from .core import CourseError
+from .cli_train import _add_config_flags, given_flags, preset_or_saved
 from .finetune import SFT_PRESETS, SFT_MAY_CHANGE, SFTConfig, sft
 from .checkpoint import latest_checkpoint
 
 # %% auto #0
-__all__ = ['sft_parser', 'sft_config_from_args', 'cli_sft']
+__all__ = ['sft_parser', 'sft_config_from_dict', 'sft_config_from_args', 'cli_sft']
 
 # %% ../nbs/10e_cli_finetune.ipynb #b4b8024f
 def sft_parser(prog:str="chatgpt-course sft") -> argparse.ArgumentParser:
@@ -28,17 +27,15 @@ def sft_parser(prog:str="chatgpt-course sft") -> argparse.ArgumentParser:
     _add_config_flags(p, SFTConfig, "run")
     return p
 
+def sft_config_from_dict(d:dict) -> SFTConfig:
+    "Rebuild an SFTConfig from its JSON form (as saved in run.json)."
+    try: return SFTConfig(**d)
+    except TypeError as e: raise CourseError(f"not an SFTConfig this version can read: {e}") from None
+
 def sft_config_from_args(args:argparse.Namespace) -> tuple[SFTConfig, Path]:
     "The SFTConfig and run directory that parsed `sft` flags ask for."
-    out = Path(args.out) if args.out else runs_path(f"sft-{args.preset}")
-    cfg = SFT_PRESETS[args.preset]
-    if args.resume and (out / "run.json").exists():
-        rec = read_json(out / "run.json", "run record")
-        if not isinstance(rec, dict) or not isinstance(rec.get("config"), dict): raise CourseError(f"{str(out / 'run.json')!r} is corrupt")
-        try: cfg = SFTConfig(**rec["config"])
-        except TypeError as e: raise CourseError(f"{str(out / 'run.json')!r} holds a config this version cannot read: {e}") from None
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SFTConfig) if getattr(args, f.name) is not None}
-    return dataclasses.replace(cfg, **given), out
+    cfg, out = preset_or_saved(args, SFT_PRESETS, sft_config_from_dict, f"sft-{args.preset}")
+    return dataclasses.replace(cfg, **given_flags(args, SFTConfig)), out
 
 # %% ../nbs/10e_cli_finetune.ipynb #6da59c69
 def cli_sft(argv:list[str], prog:str="chatgpt-course sft") -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse, dataclasses, inspect, os, re, sys, typing
 from dataclasses import fields
 from pathlib import Path
+from typing import Callable
 
 from .core import CourseError, runs_path
 from .files import read_json
@@ -15,7 +16,7 @@ from .train import PRESETS, RESUME_MAY_CHANGE, TrainConfig, config_from_dict, tr
 from .checkpoint import latest_checkpoint
 
 # %% auto #0
-__all__ = ['pretrain_parser', 'config_from_args', 'cli_pretrain']
+__all__ = ['pretrain_parser', 'preset_or_saved', 'given_flags', 'config_from_args', 'cli_pretrain']
 
 # %% ../nbs/10c_cli_train.ipynb #e05b593f
 def _field_notes(cls) -> tuple[dict, dict]:
@@ -55,18 +56,27 @@ def pretrain_parser(prog:str="chatgpt-course pretrain") -> argparse.ArgumentPars
     return p
 
 # %% ../nbs/10c_cli_train.ipynb #6e65b7a2
+def preset_or_saved(args:argparse.Namespace, # parsed flags with preset, out and resume
+                    presets:dict, # name: config
+                    from_dict:Callable, # a saved config's JSON form -> config (CourseError when it cannot read it)
+                    default_out:str, # the run directory's name under runs/ when --out is not given
+                   ) -> tuple[object, Path]:
+    "The run directory, and the config to start from: the preset's, or with `--resume` the one the run saved."
+    out = Path(args.out) if args.out else runs_path(default_out)
+    if not (args.resume and (out / "run.json").exists()): return presets[args.preset], out
+    rec = read_json(out / "run.json", "run record")
+    if not isinstance(rec, dict) or not isinstance(rec.get("config"), dict): raise CourseError(f"{str(out / 'run.json')!r} is corrupt")
+    try: return from_dict(rec["config"]), out
+    except CourseError as e: raise CourseError(f"{str(out / 'run.json')!r}: {e}") from None
+
+def given_flags(args:argparse.Namespace, cls) -> dict:
+    "The fields of dataclass `cls` that the command line set (the nested `model` excepted)."
+    return {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "model" and getattr(args, f.name, None) is not None}
+
 def config_from_args(args:argparse.Namespace) -> tuple[TrainConfig, Path]:
     "The TrainConfig and run directory that parsed `pretrain` flags ask for."
-    out = Path(args.out) if args.out else runs_path(args.preset)
-    cfg = PRESETS[args.preset]
-    if args.resume and (out / "run.json").exists():
-        rec = read_json(out / "run.json", "run record")
-        if not isinstance(rec, dict) or "config" not in rec: raise CourseError(f"{str(out / 'run.json')!r} is corrupt")
-        cfg = config_from_dict(rec["config"])
-    given = {k: v for k, v in vars(args).items() if v is not None}
-    model_over = {f.name: given[f.name] for f in fields(GPTConfig) if f.name in given}
-    run_over = {f.name: given[f.name] for f in fields(TrainConfig) if f.name in given and f.name != "model"}
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model_over), **run_over), out
+    cfg, out = preset_or_saved(args, PRESETS, config_from_dict, args.preset)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **given_flags(args, GPTConfig)), **given_flags(args, TrainConfig)), out
 
 # %% ../nbs/10c_cli_train.ipynb #a45c9764
 def cli_pretrain(argv:list[str], prog:str="chatgpt-course pretrain") -> int:
