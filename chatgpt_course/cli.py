@@ -19,6 +19,9 @@ COMMANDS = {  # subcommand: (module, function, one-line help)
     "sample":    ("chatgpt_course.cli_generate", "cli_sample", "generate text from a checkpoint (sampling flags, --n, --stream)"),
     "chat":      ("chatgpt_course.cli_generate", "cli_chat", "talk to a chat model: one reply (--prompt) or a conversation on stdin"),
     "sft":       ("chatgpt_course.cli_finetune", "cli_sft", "fine-tune a base model on chat rows (supervised, resumable)"),
+    "safety":    ("chatgpt_course.cli_safety", "cli_safety", "train a content-safety classifier; screen texts with one"),
+    "dpo":       ("chatgpt_course.cli_preference", "cli_dpo", "tune a chat model on preference pairs (DPO, resumable)"),
+    "rl":        ("chatgpt_course.cli_rl", "cli_rl", "improve a chat model with rewards on arithmetic (RL, resumable)"),
 }
 
 def _available(cmd): return importlib.util.find_spec(COMMANDS[cmd][0]) is not None

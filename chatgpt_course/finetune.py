@@ -23,6 +23,7 @@ from .optim import IGNORE_INDEX, lm_objective
 from .checkpoint import load_trained
 from .train import fit, setup_distributed, check_run_dir, evaluate as evaluate_text, plot_run, RESUME_MAY_CHANGE
 from .engine import Engine, SamplingParams
+from .lora import add_lora, check_lora_start, finish_lora_run
 
 # %% auto #0
 __all__ = ['SFT_MAY_CHANGE', 'SFT_PRESETS', 'encode_chat', 'ChatExamples', 'encode_chats', 'load_chats', 'pad_batch',
@@ -237,6 +238,7 @@ class SFTConfig:
     beta1: float = 0.9         # AdamW first-moment decay
     beta2: float = 0.95        # AdamW second-moment decay
     grad_clip: float = 1.0     # clip the global gradient norm to this (0: no clipping)
+    lora_rank: int = 0; lora_alpha: float = 16.0  # LoRA (06e): --lora-rank R trains rank-R adapters on every projection of the frozen base, scaled by --lora-alpha / R (0: all weights)
     # hardware
     device: str = "auto"       # "auto", "cpu", "cuda", "cuda:N" or "mps"
     dtype: str = "auto"        # "auto", "fp32", "bf16" or "fp16"
@@ -265,12 +267,14 @@ def check_sft_config(cfg:SFTConfig):
         if v and v != "synthetic" and not Path(v).is_file(): bad(f"--{name} {v!r} is not a file (a chat JSONL, or 'synthetic')")
     for name in ("seq_len", "batch_size", "accum", "max_steps", "eval_every", "ckpt_every", "keep_checkpoints"):
         if getattr(cfg, name) < 1: bad(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("mix_rows", "warmup_steps", "eval_rows", "eval_tokens", "threads", "synthetic_rows"):
+    for name in ("mix_rows", "warmup_steps", "eval_rows", "eval_tokens", "threads", "synthetic_rows", "lora_rank"):
         if getattr(cfg, name) < 0: bad(f"{name} must be non-negative, got {getattr(cfg, name)}")
     if not cfg.lr > 0 or not 0 <= cfg.min_lr <= cfg.lr: bad(f"need lr > 0 and 0 <= min_lr <= lr, got lr {cfg.lr}, min_lr {cfg.min_lr}")
     if not (0 <= cfg.weight_decay and 0 <= cfg.grad_clip and 0 <= cfg.max_minutes): bad("weight_decay, grad_clip and max_minutes must be non-negative")
     if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1): bad(f"beta1 and beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
     if cfg.parallel not in ("ddp", "fsdp"): bad(f"parallel must be 'ddp' or 'fsdp', got {cfg.parallel!r}")
+    if cfg.lora_rank and not cfg.lora_alpha > 0: bad(f"lora_alpha must be positive for a LoRA run, got {cfg.lora_alpha}")
+    if cfg.lora_rank and cfg.parallel == "fsdp": bad("--lora-rank needs --parallel ddp: FSDP's checkpoints gather a plain GPT, without the adapters")
 
 # %% ../nbs/06a_sft.ipynb #53f002b3
 def _run_dir(base:str) -> Path:
@@ -313,6 +317,7 @@ def _prepare(cfg:SFTConfig, out:Path, dist, resume:bool) -> tuple:
     "Everything a run needs, checked before anything is written: (checkpoint to resume, model, tokenizer, its spec, chats, held-out chats, text files)."
     ckpt = check_run_dir(out, asdict(cfg), resume, SFT_MAY_CHANGE)
     model, tok, tok_spec = load_base(cfg.base)
+    if cfg.lora_rank: add_lora(check_lora_start(model, tok, ckpt), cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)  # 06e: the base frozen, adapters to train
     if cfg.seq_len > model.config.block_size:
         raise CourseError(f"seq_len {cfg.seq_len} is longer than the base model's block_size {model.config.block_size}")
     train_tf, val_tf = text_data(cfg, tok)
@@ -343,13 +348,14 @@ def sft(cfg:SFTConfig, # what to fine-tune, on what, and how
                              train_tf.tokens if train_tf is not None else None, cfg.mix_rows, pad_id=tok.eot_id)
         learned = sum(map(sum, chats.masks)) / len(chats)  # learned tokens per conversation, on average
         mean_len = sum(map(len, chats.ids)) / len(chats)  # for the log's tokens/s: about a conversation's length per row, mixed-in rows alike
-        if dist.lead and say: say(f"sft: {model.num_params():,} parameters from {cfg.base}; {chats.summary()}; "
+        if dist.lead and say: say(f"sft: {model.num_params():,} parameters ({sum(p.numel() for p in model.parameters() if p.requires_grad):,} trained) from {cfg.base}; {chats.summary()}; "
                                   f"{learned:.1f} learned tokens per conversation, {cfg.mix_rows} pretraining windows per micro-batch")
         prec = precision_for(dist.device, cfg.dtype)
         res = fit(model, loader, lm_objective, cfg, out, dist, resume_from=ckpt, evaluate=_sft_eval(cfg, tok, heldout, val_tf, prec),
                   meta={"config": {**asdict(cfg), "model": asdict(model.config)}, "tokenizer": tok_spec},
                   tokens_per_step=round((cfg.batch_size + cfg.mix_rows) * cfg.accum * dist.world * mean_len), flops_per_token=flops_per_token(model.config, round(mean_len)),
                   norm_hint=cfg.batch_size * learned, progress=progress, say=say, name="sft", before_step=before_step)
+        if dist.lead and cfg.lora_rank: finish_lora_run(out, model, cfg.base, cfg.keep_checkpoints)  # 06e: adapter/, and the last checkpoint merged
     finally:
         if dist.world > 1 and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
     if dist.lead and plots and heldout is not None:
