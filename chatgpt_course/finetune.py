@@ -238,7 +238,9 @@ class SFTConfig:
     beta1: float = 0.9         # AdamW first-moment decay
     beta2: float = 0.95        # AdamW second-moment decay
     grad_clip: float = 1.0     # clip the global gradient norm to this (0: no clipping)
-    lora_rank: int = 0; lora_alpha: float = 16.0  # LoRA (06e): --lora-rank R trains rank-R adapters on every projection of the frozen base, scaled by --lora-alpha / R (0: all weights)
+    # LoRA adapters, 06e
+    lora_rank: int = 0         # train rank-R adapters on every projection of the frozen base (0: all weights, no adapters)
+    lora_alpha: float = 16.0   # the adapters' scale is lora_alpha / lora_rank
     # hardware
     device: str = "auto"       # "auto", "cpu", "cuda", "cuda:N" or "mps"
     dtype: str = "auto"        # "auto", "fp32", "bf16" or "fp16"
