@@ -16,7 +16,7 @@ from chatgpt_course.model import GPT, GPTConfig
 from chatgpt_course.pairs import make_pairs, write_pairs
 from chatgpt_course.preference import PairBatches, dpo_loss, dpo_objective, encode_pairs, pair_logps
 from chatgpt_course.tokenizer import gpt2_tokenizer
-from _cli import train_losses  # tests/_cli.py
+from _cli import kill_after_checkpoint, train_losses  # tests/_cli.py
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 RUN_CLI = "import sys; from chatgpt_course.cli import main; sys.exit(main())"
@@ -86,30 +86,12 @@ def test_the_loss_is_ln2_when_the_policy_is_the_reference():
 
 # ---- runs through the command line
 
-WATCH = """import runpy, sys, chatgpt_course.train as t
-save = t.save_checkpoint
-def saved(*a, **k):
-    p = save(*a, **k); print("saved", p.name, flush=True); return p
-t.save_checkpoint = saved
-runpy.run_module("chatgpt_course.cli_preference", run_name="__main__")"""
-
-def kill_after_checkpoint(args, ckpt:str) -> int:
-    "Run `chatgpt-course dpo ARGS`, SIGKILL it once it reports checkpoint `ckpt`; its return code."
-    proc = subprocess.Popen([sys.executable, "-c", WATCH, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
-    try:
-        for line in proc.stdout:
-            if line.startswith(f"saved {ckpt}"): break
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.stdout.close(); proc.wait()
-    return proc.returncode
-
 def test_sigkill_then_resume_is_bitwise_identical(work, tmp_path):
     flags = ["--max-steps", "12", "--ckpt-every", "4", "--eval-every", "6"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     r = dpo_cli(*dpo_flags(work, straight, *flags)); assert r.returncode == 0, r.stderr
     assert "done at step 12" in r.stdout and (straight / "dpo.png").exists()
-    rc = kill_after_checkpoint(dpo_flags(work, killed, *flags), "ckpt-00000004")
+    rc = kill_after_checkpoint(["dpo", *dpo_flags(work, killed, *flags)], "ckpt-00000004", ENV)
     assert rc == -signal.SIGKILL, "the run finished before it could be killed"
     assert 4 <= int(latest_checkpoint(killed).name[5:]) < 12
     r = dpo_cli("--out", killed, "--resume", "--no-progress"); assert r.returncode == 0, r.stderr

@@ -18,7 +18,7 @@ from chatgpt_course.files import write_jsonl
 from chatgpt_course.model import GPT, GPTConfig
 from chatgpt_course.optim import make_optimizer, train_step
 from chatgpt_course.rl import arith_prompts, group_batch, pass_at_k, rl_objective
-from _cli import train_losses  # tests/_cli.py
+from _cli import kill_after_checkpoint, train_losses  # tests/_cli.py
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 RUN_CLI = "import sys; from chatgpt_course.cli import main; sys.exit(main())"
@@ -79,30 +79,12 @@ def test_pass_at_k_is_the_unbiased_estimator():
 
 # ---- runs through the command line
 
-WATCH = """import runpy, sys, chatgpt_course.train as t
-save = t.save_checkpoint
-def saved(*a, **k):
-    p = save(*a, **k); print("saved", p.name, flush=True); return p
-t.save_checkpoint = saved
-runpy.run_module("chatgpt_course.cli_rl", run_name="__main__")"""
-
-def kill_after_checkpoint(args, ckpt:str) -> int:
-    "Run `chatgpt-course rl ARGS`, SIGKILL it once it reports checkpoint `ckpt`; its return code."
-    proc = subprocess.Popen([sys.executable, "-c", WATCH, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=ENV)
-    try:
-        for line in proc.stdout:
-            if line.startswith(f"saved {ckpt}"): break
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.stdout.close(); proc.wait()
-    return proc.returncode
-
 def test_sigkill_then_resume_is_bitwise_identical(work, tmp_path):
     flags = ["--base", work / "sft", *TINY_RL, "--max-steps", "6", "--ckpt-every", "2", "--eval-every", "3"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     r = rl_cli(*flags, "--out", straight); assert r.returncode == 0, r.stderr
     assert "done at step 6" in r.stdout and (straight / "rl.png").exists()
-    rc = kill_after_checkpoint([*flags, "--out", killed], "ckpt-00000002")
+    rc = kill_after_checkpoint(["rl", *flags, "--out", killed], "ckpt-00000002", ENV)
     assert rc == -signal.SIGKILL, "the run finished before it could be killed"
     assert 2 <= int(latest_checkpoint(killed).name[5:]) < 6
     r = rl_cli("--out", killed, "--resume", "--no-progress"); assert r.returncode == 0, r.stderr
