@@ -22,6 +22,7 @@ COMMANDS = {  # subcommand: (module, function, one-line help)
     "safety":    ("chatgpt_course.cli_safety", "cli_safety", "train a content-safety classifier; screen texts with one"),
     "dpo":       ("chatgpt_course.cli_preference", "cli_dpo", "tune a chat model on preference pairs (DPO, resumable)"),
     "rl":        ("chatgpt_course.cli_rl", "cli_rl", "improve a chat model with rewards on arithmetic (RL, resumable)"),
+    "eval":      ("chatgpt_course.cli_eval", "cli_eval", "score predictions against references: BLEU, ROUGE, precision/recall/F1"),
 }
 
 def _available(cmd): return importlib.util.find_spec(COMMANDS[cmd][0]) is not None
