@@ -4,6 +4,7 @@
 
 # %% ../nbs/06a_sft.ipynb #d8093f76
 from __future__ import annotations
+import random
 
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from .core import CourseError, precision_for
 from .files import iter_jsonl, write_json
 from .chat_data import validate_chat, make_chat_dataset, score_reply
+from .safety_data import safety_chat_rows
 from .tokenizer import render_chat, load_tokenizer, gpt2_tokenizer, SPECIAL_TOKENS
 from .model import GPT, load_hf, flops_per_token
 from .batches import open_token_file, token_byte_lengths, bits_per_byte
@@ -26,9 +28,9 @@ from .engine import Engine, SamplingParams
 from .lora import add_lora, check_lora_start, finish_lora_run
 
 # %% auto #0
-__all__ = ['SFT_MAY_CHANGE', 'SFT_PRESETS', 'encode_chat', 'ChatExamples', 'encode_chats', 'load_chats', 'pad_batch',
-           'pack_chats', 'ChatBatches', 'extend_vocab', 'same_tokenizer', 'load_base', 'chat_loss', 'SFTConfig',
-           'check_sft_config', 'text_data', 'sft', 'chat_replies', 'chat_report']
+__all__ = ['SFT_MAY_CHANGE', 'SFT_PRESETS', 'encode_chat', 'ChatExamples', 'encode_chats', 'synthetic_chats', 'load_chats',
+           'pad_batch', 'pack_chats', 'ChatBatches', 'extend_vocab', 'same_tokenizer', 'load_base', 'chat_loss',
+           'SFTConfig', 'check_sft_config', 'text_data', 'sft', 'chat_replies', 'chat_report']
 
 # %% ../nbs/06a_sft.ipynb #7215e0bb
 def encode_chat(tokenizer, # one with the chat tokens
@@ -72,11 +74,27 @@ def encode_chats(rows, tokenizer, max_tokens:int, source:str="rows") -> ChatExam
     if not len(ex): raise CourseError(f"{source}: none of its {ex.rows} conversations fits in {max_tokens} tokens, even cut to its first exchange")
     return ex
 
-def load_chats(path, tokenizer, max_tokens:int, synthetic:tuple[int, str]=(20000, "train")) -> ChatExamples:
-    "The conversations of a chat JSONL file, encoded (rows named by their number in the file); \"synthetic\": `synthetic`'s (n, split) of the generator."
+# %% ../nbs/06a_sft.ipynb #19fc98af
+def synthetic_chats(n:int, # conversations
+                    split:str="train", # "train" or "heldout": both generators hold the other split out
+                    safety_share:float=0.0, # the share drawn from 01d's safety_chat_rows: refusals and look-alikes
+                    seed:int=0, # both generators' seed (sft's synthetic data uses 0)
+                   ) -> list[dict]:
+    "n of 01c's conversations, round(safety_share * n) of them replaced by 01d's safety chats at seeded places (the rest keep their order)."
+    if isinstance(safety_share, bool) or not isinstance(safety_share, (int, float)) or not 0 <= safety_share < 1:
+        raise CourseError(f"safety_share={safety_share!r}; expected a share from 0 up to (not including) 1")
+    k = round(safety_share * n)
+    chats, safety = iter(make_chat_dataset(n - k, seed=seed, split=split)), iter(safety_chat_rows(k, seed=seed, split=split))
+    at = set(random.Random(f"chatgpt-course/sft-safety:{seed}:{split}").sample(range(n), k))
+    return [next(safety) if i in at else next(chats) for i in range(n)]
+
+def load_chats(path, tokenizer, max_tokens:int, synthetic:tuple[int, str]=(20000, "train"),
+               safety_share:float=0.0, # "synthetic" only: the share of safety chats (synthetic_chats); a file's rows are used as they are
+              ) -> ChatExamples:
+    "The conversations of a chat JSONL file, encoded (rows named by their number in the file); \"synthetic\": `synthetic`'s (n, split) of the generators."
     if str(path) == "synthetic":
         n, split = synthetic
-        return encode_chats(make_chat_dataset(n, seed=0, split=split), tokenizer, max_tokens, source=f"the synthetic {split} chats")
+        return encode_chats(synthetic_chats(n, split, safety_share), tokenizer, max_tokens, source=f"the synthetic {split} chats")
     return encode_chats(iter_jsonl(path), tokenizer, max_tokens, source=repr(str(path)))
 
 # %% ../nbs/06a_sft.ipynb #8bb5598d
@@ -222,6 +240,7 @@ class SFTConfig:
     data: str = ""             # chat JSONL of {"messages": [...]} rows (chatgpt-course data chat writes one), or "synthetic": that generator, in memory
     heldout: str = ""          # held-out chat JSONL (or "synthetic": the generator's held-out split): the loss on its replies is the validation curve (optional)
     synthetic_rows: int = 20000  # conversations generated for --data synthetic (a tenth as many for --heldout synthetic)
+    safety_share: float = 0.0  # share of the synthetic conversations (train and held out) from 01d's safety chats, in [0, 1); a file's rows are used as they are
     text_tokens: str = ""      # a folder with the pretraining train.bin and val.bin, to mix in and to measure forgetting (default: the base run's data/)
     mix_rows: int = 0          # pretraining windows added to each micro-batch (0: chat only)
     pack: bool = False         # pack conversations end to end into windows (default: one per row, padded)
@@ -271,6 +290,7 @@ def check_sft_config(cfg:SFTConfig):
         if getattr(cfg, name) < 1: bad(f"{name} must be at least 1, got {getattr(cfg, name)}")
     for name in ("mix_rows", "warmup_steps", "eval_rows", "eval_tokens", "threads", "synthetic_rows", "lora_rank"):
         if getattr(cfg, name) < 0: bad(f"{name} must be non-negative, got {getattr(cfg, name)}")
+    if not 0 <= cfg.safety_share < 1: bad(f"--safety-share must be at least 0 and below 1 (a share of the synthetic conversations), got {cfg.safety_share}")
     if not cfg.lr > 0 or not 0 <= cfg.min_lr <= cfg.lr: bad(f"need lr > 0 and 0 <= min_lr <= lr, got lr {cfg.lr}, min_lr {cfg.min_lr}")
     if not (0 <= cfg.weight_decay and 0 <= cfg.grad_clip and 0 <= cfg.max_minutes): bad("weight_decay, grad_clip and max_minutes must be non-negative")
     if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1): bad(f"beta1 and beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
@@ -323,8 +343,8 @@ def _prepare(cfg:SFTConfig, out:Path, dist, resume:bool) -> tuple:
     if cfg.seq_len > model.config.block_size:
         raise CourseError(f"seq_len {cfg.seq_len} is longer than the base model's block_size {model.config.block_size}")
     train_tf, val_tf = text_data(cfg, tok)
-    chats = load_chats(cfg.data, tok, cfg.seq_len + 1, (cfg.synthetic_rows, "train"))
-    heldout = load_chats(cfg.heldout, tok, cfg.seq_len + 1, (max(cfg.synthetic_rows // 10, 1), "heldout")) if cfg.heldout else None
+    chats = load_chats(cfg.data, tok, cfg.seq_len + 1, (cfg.synthetic_rows, "train"), cfg.safety_share)
+    heldout = load_chats(cfg.heldout, tok, cfg.seq_len + 1, (max(cfg.synthetic_rows // 10, 1), "heldout"), cfg.safety_share) if cfg.heldout else None
     return ckpt, model, tok, tok_spec, chats, heldout, train_tf, val_tf
 
 def _write_run(out:Path, cfg:SFTConfig, model, tok, tok_spec:str, chats:ChatExamples):
@@ -367,9 +387,9 @@ def sft(cfg:SFTConfig, # what to fine-tune, on what, and how
 
 # %% ../nbs/06a_sft.ipynb #1b8c23f0
 SFT_PRESETS = {  # named starting points for `chatgpt-course sft`
-    "cpu-chat": SFTConfig(data="synthetic", heldout="synthetic", synthetic_rows=20000, mix_rows=2, seq_len=256, batch_size=16, lr=3e-3,
-                          min_lr=3e-4, warmup_steps=50, max_steps=1000, threads=2, fused_adamw=True, eval_every=250, eval_rows=256,
-                          eval_tokens=16384, ckpt_every=500),
+    "cpu-chat": SFTConfig(data="synthetic", heldout="synthetic", synthetic_rows=20000, safety_share=0.1, mix_rows=2, seq_len=256,
+                          batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=50, max_steps=1000, threads=2, fused_adamw=True,
+                          eval_every=250, eval_rows=256, eval_tokens=16384, ckpt_every=500),
 }
 
 # %% ../nbs/06a_sft.ipynb #1b2834dd

@@ -11,16 +11,21 @@
   or item with training, nor does a training row name a held-out name or entity, whatever the seed and shares;
   every reply has its row's style by `reply_style`; every evaluation item is a valid chat once its reference reply
   follows, and `score_reply` marks that reply right.
+- The refusal judge both ways: `score_reply` with judge "refusal" is right exactly when `is_refusal(reply)` equals
+  the item's `expect` (True: refuse, False: answer), for fixed replies and any text; no reply of 01c's refuses.
 - Layers: `chat_data` imports nothing of the course but `core`, and `data` does not import `chat_data` (no cycle).
 """
 import re, subprocess, sys
+
+import pytest
 
 from hypothesis import given, settings, strategies as st
 
 from chatgpt_course.cli import main
 from chatgpt_course.core import data_path
-from chatgpt_course.chat_data import (FACT_BOOK_K, FICTIONAL, NAMES, PERSONA, RELATIONS, fact_book, is_heldout_entity,
-                                      is_heldout_name, make_chat_dataset, make_eval_set, reply_style, score_reply, validate_chat)
+from chatgpt_course.chat_data import (FACT_BOOK_K, FICTIONAL, JUDGES, NAMES, PERSONA, RELATIONS, fact_book, is_heldout_entity,
+                                      is_heldout_name, is_refusal, make_chat_dataset, make_eval_set, reply_style, score_reply,
+                                      validate_chat)
 from chatgpt_course.data import load_documents
 from chatgpt_course.files import read_jsonl
 
@@ -137,6 +142,32 @@ def test_eval_items_are_chats_and_references_score_right(seed):
         validate_chat({"messages": it["messages"] + [{"role": "assistant", "content": it["reference"]}]})
         assert score_reply(it, it["reference"])["correct"], it
 
+
+
+# ---- the refusal judge ------------------------------------------------------------------------------------------------
+
+REFUSING = ["I cannot share the personal details of a private person.", "Sorry, I can't help with that!", "i will not write that.",
+            "Nope, I won’t help put anyone down!"]  # a curly apostrophe too, as a model may write it
+ANSWERING = ["Press Ctrl+C, or kill it by its process id!", "I don't know, sorry!", "I do not know the capital of Zembla.",
+             "Cannot is a word.", "The capital of France is Paris.", ""]
+
+@pytest.mark.parametrize("expect", [True, False], ids=["unsafe: refuse", "look-alike: answer"])
+def test_the_refusal_judge_both_ways(expect):
+    assert "refusal" in JUDGES
+    item = {"judge": "refusal", "expect": expect}
+    for reply in REFUSING: assert score_reply(item, reply) == {"correct": expect, "idk": False, "got": True}, reply
+    for reply in ANSWERING:
+        s = score_reply(item, reply)
+        assert s["correct"] is (not expect) and s["got"] is False, reply
+
+@settings(max_examples=50, deadline=None)
+@given(reply=st.text(max_size=40) | st.sampled_from(REFUSING + ANSWERING), expect=st.booleans())
+def test_the_refusal_judge_reads_is_refusal(reply, expect):
+    assert score_reply({"judge": "refusal", "expect": expect}, reply)["correct"] == (is_refusal(reply) == expect)
+
+def test_no_reply_of_the_chat_data_refuses():  # "I don't know" is not declining: the two judges read different phrases
+    replies = [m["content"] for r in make_chat_dataset(500, seed=0) for m in r["messages"] if m["role"] == "assistant"]
+    assert not any(map(is_refusal, replies + [it["reference"] for it in make_eval_set(20)]))
 
 # ---- layers ---------------------------------------------------------------------------------------------------------
 

@@ -3,8 +3,10 @@ rows, a micro-batch with nothing to learn, SFT killed with SIGKILL and resumed (
 run), every bad input refused with a one-line message that names the file, the row and the problem (and nothing
 written), conversations longer than the context cut by whole exchanges, a start from GPT-2 weights in Hugging Face
 format (a small random GPT-2 saved locally, never downloaded), and `chat` answering from the fine-tuned model.
+`--data synthetic` with a `safety_share`: that share of 01d's safety chats, at seeded places (the same every time),
+for training and held-out rows alike; a file's rows used as they are; a share outside [0, 1) refused in one line.
 All runs are tiny CPU models."""
-import json, os, signal, subprocess, sys
+import json, math, os, signal, subprocess, sys
 
 import pytest
 import torch
@@ -12,10 +14,12 @@ import torch
 from chatgpt_course.chat_data import make_chat_dataset
 from chatgpt_course.checkpoint import latest_checkpoint, load_trained
 from chatgpt_course.files import write_jsonl
-from chatgpt_course.finetune import ChatBatches, encode_chats, pad_batch
+from chatgpt_course.core import CourseError
+from chatgpt_course.finetune import ChatBatches, SFTConfig, check_sft_config, encode_chats, load_chats, pad_batch, synthetic_chats
 from chatgpt_course.model import GPT, GPTConfig
 from chatgpt_course.optim import IGNORE_INDEX, make_optimizer, train_step
 from chatgpt_course.core import precision_for
+from chatgpt_course.safety_data import safety_chat_rows
 from chatgpt_course.tokenizer import gpt2_tokenizer
 from _cli import kill_after_checkpoint, train_losses  # tests/_cli.py
 
@@ -88,6 +92,35 @@ def test_the_loader_resumes_exactly_and_mixes_pretraining_windows():
     assert x.shape[0] == 4 + 2 and (y[4:] != IGNORE_INDEX).all()  # the mixed-in windows: every target learned
     assert a.epochs > 1
 
+# ---- the safety share of the synthetic conversations
+
+@pytest.mark.parametrize("split, n", [("train", 200), ("heldout", 40)])
+def test_the_synthetic_chats_hold_the_safety_share_in_a_seeded_order(split, n):
+    tok = gpt2_tokenizer(chat=True)
+    rows = synthetic_chats(n, split, 0.1)
+    safety = [r for r in rows if "safety" in r["tags"]]
+    assert len(safety) == round(0.1 * n) and {r["tags"]["split"] for r in rows} == {split}
+    assert safety == safety_chat_rows(len(safety), seed=0, split=split)  # 01d's chats of the same split
+    assert [r for r in rows if "safety" not in r["tags"]] == make_chat_dataset(n - len(safety), seed=0, split=split)  # 01c's, in order
+    assert synthetic_chats(n, split, 0.1) == rows and synthetic_chats(n, split, 0.0) == make_chat_dataset(n, seed=0, split=split)
+    ex = load_chats("synthetic", tok, 10_000, (n, split), safety_share=0.1)
+    want = encode_chats(rows, tok, 10_000)
+    assert ex.ids == want.ids and ex.masks == want.masks  # what sft trains on: the same rows, in the same places
+    assert load_chats("synthetic", tok, 10_000, (n, split), safety_share=0.1).ids == ex.ids
+    safety_ids = {tuple(i) for i in encode_chats(safety, tok, 10_000).ids}
+    assert sum(tuple(i) in safety_ids for i in ex.ids) == len(safety)
+
+def test_a_file_is_used_as_it_is_whatever_the_share(tmp_path):
+    tok = gpt2_tokenizer(chat=True)
+    f = tmp_path / "chat.jsonl"; rows = make_chat_dataset(20, seed=4); write_jsonl(rows, f)
+    assert load_chats(f, tok, 10_000, safety_share=0.5).ids == encode_chats(rows, tok, 10_000).ids
+
+@pytest.mark.parametrize("share", [1.0, 1.5, -0.1, math.nan])
+def test_a_bad_safety_share_is_refused_in_one_line(tmp_path, share):
+    with pytest.raises(CourseError) as e: check_sft_config(SFTConfig(base=str(tmp_path), data="synthetic", safety_share=share))
+    assert "--safety-share" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(CourseError, match="safety_share"): synthetic_chats(10, "train", share)
+
 # ---- runs through the command line
 
 def test_sigkill_then_resume_is_bitwise_identical(work, tmp_path):
@@ -137,6 +170,10 @@ def test_chat_rows_that_fail_validation(work, tmp_path, case):
     f = tmp_path / "bad.jsonl"; write_jsonl([GOOD, GOOD, row, GOOD], f)
     out = tmp_path / "out"
     refused(cli("sft", "--base", work / "base", "--data", f, "--out", out, *TINY_SFT), out, str(f), "row 3", problem)
+
+def test_a_bad_safety_share_on_the_command_line(work, tmp_path):
+    out = tmp_path / "out"
+    refused(cli("sft", "--base", work / "base", "--data", "synthetic", "--safety-share", "1", "--out", out, *TINY_SFT), out, "--safety-share", "got 1.0")
 
 def test_a_base_without_the_chat_tokens(work, tmp_path):
     char = tmp_path / "char"
