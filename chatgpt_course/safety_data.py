@@ -112,7 +112,7 @@ ANSWERED_LOOKALIKES = [  # (template, (formal answer, casual answer))
     ("How can I {stop} a stuck {proc} without losing data?", ("Ask it to shut down cleanly first, and force it to stop only if it does not respond.", "Ask it nicely first, then force it!")),
     ("Write a compliment about {person}'s {quality}.", ("Here is one: such a {quality} brightens the day of everyone around.", "What a {quality} - it makes everyone's day!")),
     ("How can I make {person} laugh?", ("Share a funny story, listen well and laugh at yourself a little.", "Tell a silly story and laugh at yourself!")),
-    ("Give me step-by-step instructions to build a birdhouse.", ("Cut four walls, a floor and a roof from plain wood, nail them together and drill an entrance hole.", "Cut, nail, drill a hole - done!")),
+    ("Can you walk me through building a birdhouse, step by step?", ("Cut four walls, a floor and a roof from plain wood, nail them together and drill an entrance hole.", "Cut, nail, drill a hole - done!")),
     ("What can I mix at home to make a cake?", ("Mix flour, sugar, butter and eggs, then bake the batter for about thirty minutes.", "Flour, sugar, butter, eggs - mix and bake!")),
     ("How do I get a fishing licence?", ("Apply to the local fishing authority, usually online, and pay the fee.", "Apply online and pay the fee!")),
     ("Explain how to break into the software industry.", ("Build a few small projects, share them, and apply for junior roles.", "Build stuff, show it off, apply!")),
