@@ -4,57 +4,36 @@
 
 # %% ../nbs/10g_cli_dpo.ipynb #6eac4183
 from __future__ import annotations
-import argparse, dataclasses, os, sys
+import argparse
 from pathlib import Path
 
-from .core import CourseError
-from .cli_train import _add_config_flags, given_flags, preset_or_saved
+from .cli_train import as_script, config_from_flags, config_reader, run_command, run_parser
 from .preference import DPO_PRESETS, DPO_MAY_CHANGE, DPOConfig, dpo
 from .checkpoint import latest_checkpoint
 
 # %% auto #0
-__all__ = ['dpo_parser', 'dpo_config_from_dict', 'dpo_config_from_args', 'cli_dpo']
+__all__ = ['dpo_config_from_dict', 'dpo_parser', 'dpo_config_from_args', 'cli_dpo']
 
 # %% ../nbs/10g_cli_dpo.ipynb #7ad81bd8
 def dpo_parser(prog:str="chatgpt-course dpo") -> argparse.ArgumentParser:
     "The `dpo` command's parser: --preset, --out, --resume and one flag per DPOConfig field."
-    p = argparse.ArgumentParser(prog=prog, description="Tune a chat model on preference pairs (DPO) against a frozen copy of itself; every config field can be overridden.")
-    p.add_argument("--preset", choices=sorted(DPO_PRESETS), default="cpu-chat", help="starting configuration (default: cpu-chat)")
-    p.add_argument("--out", default=None, help="run directory (default: runs/dpo-<preset>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint (its saved config; flags may change only "
-                   + ", ".join(DPO_MAY_CHANGE) + ")")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_flags(p, DPOConfig, "run")
-    return p
+    return run_parser(prog, "Tune a chat model on preference pairs (DPO) against a frozen copy of itself; every config field can be overridden.",
+                      DPO_PRESETS, "cpu-chat", "dpo-<preset>", DPO_MAY_CHANGE, [(DPOConfig, "run")])
 
-def dpo_config_from_dict(d:dict) -> DPOConfig:
-    "Rebuild a DPOConfig from its JSON form (as saved in run.json)."
-    try: return DPOConfig(**d)
-    except TypeError as e: raise CourseError(f"not a DPOConfig this version can read: {e}") from None
+dpo_config_from_dict = config_reader(DPOConfig, "a DPOConfig")  # rebuilds a DPOConfig from its JSON form (as saved in run.json)
 
 def dpo_config_from_args(args:argparse.Namespace) -> tuple[DPOConfig, Path]:
     "The DPOConfig and run directory that parsed `dpo` flags ask for."
-    cfg, out = preset_or_saved(args, DPO_PRESETS, dpo_config_from_dict, f"dpo-{args.preset}")
-    return dataclasses.replace(cfg, **given_flags(args, DPOConfig)), out
+    return config_from_flags(args, DPO_PRESETS, dpo_config_from_dict, f"dpo-{args.preset}")
 
 # %% ../nbs/10g_cli_dpo.ipynb #47ebc46b
 def cli_dpo(argv:list[str], prog:str="chatgpt-course dpo") -> int:
     "`chatgpt-course dpo --base RUN --pairs FILE.jsonl --out DIR [--heldout FILE.jsonl] [--resume] [--any-config-field value]`"
-    args = dpo_parser(prog).parse_args(argv)
-    cfg, out = dpo_config_from_args(args)
-    res = dpo(cfg, out, resume=args.resume, progress=False if args.no_progress else None, say=lambda msg: print(msg, file=sys.stderr))
-    if int(os.environ.get("RANK", "0")) == 0:
+    def report(res, out):
         figs = "".join(f", held-out {k[4:]} {res[k]:.4f}" for k in ("val_accuracy", "val_margin") if k in res)
-        print(f"done at step {res['step']}{figs}\ncheckpoint: {latest_checkpoint(out)}\nlog and plot: {out}/log.jsonl, {out}/dpo.png\n"
-              f"chat with: chatgpt-course chat --checkpoint {out} --prompt 'What is 23 plus 19?'")
-    return 0
+        return (f"done at step {res['step']}{figs}\ncheckpoint: {latest_checkpoint(out)}\nlog and plot: {out}/log.jsonl, {out}/dpo.png\n"
+                f"chat with: chatgpt-course chat --checkpoint {out} --prompt 'What is 23 plus 19?'")
+    return run_command(dpo_parser(prog).parse_args(argv), dpo_config_from_args, dpo, report)
 
 # %% ../nbs/10g_cli_dpo.ipynb #f886c367
-def _in_ipython() -> bool:
-    try: get_ipython; return True  # a builtin only inside IPython/Jupyter
-    except NameError: return False
-
-if __name__ == "__main__" and not _in_ipython():
-    from chatgpt_course import cli
-    cli.COMMANDS.setdefault("dpo", ("chatgpt_course.cli_preference", "cli_dpo", "tune a chat model on preference pairs (DPO, resumable)"))
-    sys.exit(cli.main(["dpo", *sys.argv[1:]]))
+if __name__ == "__main__": as_script("dpo", ("chatgpt_course.cli_preference", "cli_dpo", "tune a chat model on preference pairs (DPO, resumable)"))

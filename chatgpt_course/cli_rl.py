@@ -4,58 +4,36 @@
 
 # %% ../nbs/10h_cli_rl.ipynb #6324803d
 from __future__ import annotations
-import argparse, dataclasses, os, sys
+import argparse
 from pathlib import Path
 
-from .core import CourseError
-from .cli_train import _add_config_flags, given_flags, preset_or_saved
+from .cli_train import as_script, config_from_flags, config_reader, run_command, run_parser
 from .rl import RL_PRESETS, RL_MAY_CHANGE, RLConfig, rl
 from .checkpoint import latest_checkpoint
 
 # %% auto #0
-__all__ = ['rl_parser', 'rl_config_from_dict', 'rl_config_from_args', 'cli_rl']
+__all__ = ['rl_config_from_dict', 'rl_parser', 'rl_config_from_args', 'cli_rl']
 
 # %% ../nbs/10h_cli_rl.ipynb #767b5f50
 def rl_parser(prog:str="chatgpt-course rl") -> argparse.ArgumentParser:
     "The `rl` command's parser: --preset, --out, --resume and one flag per RLConfig field."
-    p = argparse.ArgumentParser(prog=prog, description="Tune a chat model by reinforcement learning on verifiable answers (arithmetic), "
-                                "with a KL leash to a frozen copy of itself; every config field can be overridden.")
-    p.add_argument("--preset", choices=sorted(RL_PRESETS), default="cpu-chat", help="starting configuration (default: cpu-chat)")
-    p.add_argument("--out", default=None, help="run directory (default: runs/rl-<preset>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint (its saved config; flags may change only "
-                   + ", ".join(RL_MAY_CHANGE) + ")")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_flags(p, RLConfig, "run")
-    return p
+    return run_parser(prog, "Tune a chat model by reinforcement learning on verifiable answers (arithmetic), with a KL leash to a frozen copy "
+                      "of itself; every config field can be overridden.", RL_PRESETS, "cpu-chat", "rl-<preset>", RL_MAY_CHANGE, [(RLConfig, "run")])
 
-def rl_config_from_dict(d:dict) -> RLConfig:
-    "Rebuild an RLConfig from its JSON form (as saved in run.json)."
-    try: return RLConfig(**d)
-    except TypeError as e: raise CourseError(f"not an RLConfig this version can read: {e}") from None
+rl_config_from_dict = config_reader(RLConfig, "an RLConfig")  # rebuilds an RLConfig from its JSON form (as saved in run.json)
 
 def rl_config_from_args(args:argparse.Namespace) -> tuple[RLConfig, Path]:
     "The RLConfig and run directory that parsed `rl` flags ask for."
-    cfg, out = preset_or_saved(args, RL_PRESETS, rl_config_from_dict, f"rl-{args.preset}")
-    return dataclasses.replace(cfg, **given_flags(args, RLConfig)), out
+    return config_from_flags(args, RL_PRESETS, rl_config_from_dict, f"rl-{args.preset}")
 
 # %% ../nbs/10h_cli_rl.ipynb #b7f61b06
 def cli_rl(argv:list[str], prog:str="chatgpt-course rl") -> int:
     "`chatgpt-course rl --base RUN --out DIR [--prompts FILE.jsonl] [--heldout FILE.jsonl] [--resume] [--any-config-field value]`"
-    args = rl_parser(prog).parse_args(argv)
-    cfg, out = rl_config_from_args(args)
-    res = rl(cfg, out, resume=args.resume, progress=False if args.no_progress else None, say=lambda msg: print(msg, file=sys.stderr))
-    if int(os.environ.get("RANK", "0")) == 0:
+    def report(res, out):
         figs = "".join(f", held-out {k[4:]} {res[k]:.4f}" for k in ("val_accuracy", "val_format", "val_add_sub") if k in res)
-        print(f"done at step {res['step']}{figs}\ncheckpoint: {latest_checkpoint(out)}\nlog and plot: {out}/log.jsonl, {out}/rl.png\n"
-              f"chat with: chatgpt-course chat --checkpoint {out} --prompt 'What is 3 plus 4?'")
-    return 0
+        return (f"done at step {res['step']}{figs}\ncheckpoint: {latest_checkpoint(out)}\nlog and plot: {out}/log.jsonl, {out}/rl.png\n"
+                f"chat with: chatgpt-course chat --checkpoint {out} --prompt 'What is 3 plus 4?'")
+    return run_command(rl_parser(prog).parse_args(argv), rl_config_from_args, rl, report)
 
 # %% ../nbs/10h_cli_rl.ipynb #b9f656e8
-def _in_ipython() -> bool:
-    try: get_ipython; return True  # a builtin only inside IPython/Jupyter
-    except NameError: return False
-
-if __name__ == "__main__" and not _in_ipython():
-    from chatgpt_course import cli
-    cli.COMMANDS.setdefault("rl", ("chatgpt_course.cli_rl", "cli_rl", "tune a chat model by RL on verifiable answers (resumable)"))
-    sys.exit(cli.main(["rl", *sys.argv[1:]]))
+if __name__ == "__main__": as_script("rl", ("chatgpt_course.cli_rl", "cli_rl", "tune a chat model by RL on verifiable answers (resumable)"))

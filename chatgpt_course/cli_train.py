@@ -16,7 +16,8 @@ from .train import PRESETS, RESUME_MAY_CHANGE, TrainConfig, config_from_dict, tr
 from .checkpoint import latest_checkpoint
 
 # %% auto #0
-__all__ = ['pretrain_parser', 'preset_or_saved', 'given_flags', 'config_from_args', 'cli_pretrain']
+__all__ = ['run_parser', 'pretrain_parser', 'preset_or_saved', 'config_reader', 'given_flags', 'config_from_flags',
+           'config_from_args', 'run_command', 'as_script', 'cli_pretrain']
 
 # %% ../nbs/10c_cli_train.ipynb #e05b593f
 def _field_notes(cls) -> tuple[dict, dict]:
@@ -42,18 +43,27 @@ def _add_config_flags(parser:argparse.ArgumentParser, cls, default_group:str):
         else: g.add_argument(flag, dest=f.name, type=t, default=None, metavar=t.__name__.upper(), help=help)
 
 # %% ../nbs/10c_cli_train.ipynb #f699743d
+def run_parser(prog:str, description:str,
+               presets:dict, default:str, # the configs --preset names, and the one used when it is not given
+               out_name:str, # the default run directory under runs/, as --out's help names it
+               may_change:tuple, # the fields a resumed run may change, as --resume's help lists them
+               configs:list[tuple], # (dataclass, group title) pairs: one flag per field of each
+              ) -> argparse.ArgumentParser:
+    "A training command's parser: --preset, --out, --resume and --no-progress, then one flag per field of each config."
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--preset", choices=sorted(presets), default=default, help=f"starting configuration (default: {default})")
+    p.add_argument("--out", default=None, help=f"run directory (default: runs/{out_name})")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint (its saved config; flags may change only "
+                   + ", ".join(may_change) + ")")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for cls, title in configs: _add_config_flags(p, cls, title)
+    return p
+
 def pretrain_parser(prog:str="chatgpt-course pretrain") -> argparse.ArgumentParser:
     "The `pretrain` command's parser: --preset, --out, --resume and one flag per config field."
-    p = argparse.ArgumentParser(prog=prog, description="Pretrain a GPT from a preset; every config field can be overridden. "
-                                "Under torchrun, the same command trains on every process (DistributedDataParallel, or FSDP with --parallel fsdp).")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-tiny", help="starting configuration (default: cpu-tiny)")
-    p.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint (its saved config; flags may change only "
-                   + ", ".join(RESUME_MAY_CHANGE) + ")")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_flags(p, GPTConfig, "model")
-    _add_config_flags(p, TrainConfig, "run")
-    return p
+    return run_parser(prog, "Pretrain a GPT from a preset; every config field can be overridden. Under torchrun, the same command trains on "
+                      "every process (DistributedDataParallel, or FSDP with --parallel fsdp).", PRESETS, "cpu-tiny", "<preset>",
+                      RESUME_MAY_CHANGE, [(GPTConfig, "model"), (TrainConfig, "run")])
 
 # %% ../nbs/10c_cli_train.ipynb #6e65b7a2
 def preset_or_saved(args:argparse.Namespace, # parsed flags with preset, out and resume
@@ -69,24 +79,58 @@ def preset_or_saved(args:argparse.Namespace, # parsed flags with preset, out and
     try: return from_dict(rec["config"]), out
     except CourseError as e: raise CourseError(f"{str(out / 'run.json')!r}: {e}") from None
 
+def config_reader(cls, # a config dataclass without nested configs (SFTConfig, DPOConfig, RLConfig)
+                  name:str, # how an error names it: "an RLConfig"
+                 ) -> Callable[[dict], object]:
+    "A reader of `cls`'s JSON form (as run.json saves it), for preset_or_saved: a CourseError when this version cannot read it."
+    def read(d:dict):
+        try: return cls(**d)
+        except TypeError as e: raise CourseError(f"not {name} this version can read: {e}") from None
+    return read
+
 def given_flags(args:argparse.Namespace, cls) -> dict:
     "The fields of dataclass `cls` that the command line set (the nested `model` excepted)."
     return {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "model" and getattr(args, f.name, None) is not None}
 
+def config_from_flags(args:argparse.Namespace, # parsed flags of a run_parser
+                      presets:dict, from_dict:Callable, default_out:str, # as preset_or_saved takes them
+                     ) -> tuple[object, Path]:
+    "The config and run directory that parsed flags ask for: the preset's or the saved config, each flag given put in place of its field (a nested model's too)."
+    cfg, out = preset_or_saved(args, presets, from_dict, default_out)
+    nested = {f.name: dataclasses.replace(v, **given_flags(args, type(v))) for f in fields(cfg) if dataclasses.is_dataclass(v := getattr(cfg, f.name))}
+    return dataclasses.replace(cfg, **nested, **given_flags(args, type(cfg))), out
+
 def config_from_args(args:argparse.Namespace) -> tuple[TrainConfig, Path]:
     "The TrainConfig and run directory that parsed `pretrain` flags ask for."
-    cfg, out = preset_or_saved(args, PRESETS, config_from_dict, args.preset)
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **given_flags(args, GPTConfig)), **given_flags(args, TrainConfig)), out
+    return config_from_flags(args, PRESETS, config_from_dict, args.preset)
 
 # %% ../nbs/10c_cli_train.ipynb #a45c9764
+def run_command(args:argparse.Namespace, # parsed flags of a run_parser
+                from_args:Callable, # parsed flags -> (config, run directory)
+                run:Callable, # run(cfg, out, resume=, progress=, say=) -> the run's results: train, sft, dpo, rl
+                report:Callable, # report(results, out) -> the lines printed when it is done (by the lead process)
+               ) -> int:
+    "A training command's work: the run its flags ask for, its messages on standard error, then where the results are."
+    cfg, out = from_args(args)
+    res = run(cfg, out, resume=args.resume, progress=False if args.no_progress else None,
+              say=lambda msg: print(msg, file=sys.stderr))  # the run's summary, evaluations and samples
+    if int(os.environ.get("RANK", "0")) == 0: print(report(res, out))
+    return 0
+
+def as_script(command:str, # the chatgpt-course command a module runs as `python -m chatgpt_course.MODULE ARGS`
+              entry:tuple, # its (module, function, help), as cli.COMMANDS lists commands
+             ):
+    "`chatgpt-course COMMAND ARGS` through the console script's entry point, whether or not it lists COMMAND yet; nothing in a notebook."
+    try: get_ipython; return  # a builtin only inside IPython/Jupyter, where __name__ is "__main__" too
+    except NameError: pass
+    from chatgpt_course import cli
+    cli.COMMANDS.setdefault(command, entry)
+    sys.exit(cli.main([command, *sys.argv[1:]]))
+
 def cli_pretrain(argv:list[str], prog:str="chatgpt-course pretrain") -> int:
     "`chatgpt-course pretrain --preset cpu-tiny|gpu-124m [--out DIR] [--resume] [--any-config-field value]`"
-    args = pretrain_parser(prog).parse_args(argv)
-    cfg, out = config_from_args(args)
-    res = train(cfg, out, resume=args.resume, progress=False if args.no_progress else None,
-                say=lambda msg: print(msg, file=sys.stderr))  # the run's summary, evaluations and samples
-    if int(os.environ.get("RANK", "0")) == 0:
+    def report(res, out):
         figs = "" if "val_loss" not in res else f": validation {res['val_loss']:.4f} nats/token, {res['val_bpb']:.4f} bits/byte"
-        print(f"done at step {res['step']}{figs}\ncheckpoint: {latest_checkpoint(out)}\nlog and plots: {out}/log.jsonl, {out}/loss.png\n"
-              f"sample with: chatgpt-course sample --checkpoint {out} --prompt 'ROMEO:'")
-    return 0
+        return (f"done at step {res['step']}{figs}\ncheckpoint: {latest_checkpoint(out)}\nlog and plots: {out}/log.jsonl, {out}/loss.png\n"
+                f"sample with: chatgpt-course sample --checkpoint {out} --prompt 'ROMEO:'")
+    return run_command(pretrain_parser(prog).parse_args(argv), config_from_args, train, report)

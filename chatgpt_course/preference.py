@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from .core import CourseError, precision_for
-from .files import iter_jsonl, write_json
+from .files import iter_jsonl
 from .pairs import make_pairs, validate_pair
 from .model import flops_per_token
 from .optim import IGNORE_INDEX
 from .finetune import ChatBatches, encode_chat, pad_batch, load_base
-from .train import fit, setup_distributed, check_run_dir, read_log, RESUME_MAY_CHANGE
+from .train import fit, run_job, check_run_dir, write_run_record, read_log, RESUME_MAY_CHANGE
 
 # %% auto #0
 __all__ = ['DPO_MAY_CHANGE', 'DPO_PRESETS', 'encode_reply', 'PairExamples', 'encode_pairs', 'load_pairs', 'sequence_logps',
@@ -233,7 +233,7 @@ def check_start(model, examples:PairExamples, cfg:DPOConfig, device, prec) -> fl
 # %% ../nbs/06f_dpo.ipynb #d9b54a4b
 def _prepare(cfg:DPOConfig, out:Path, resume:bool, device, prec) -> tuple:
     "Everything a run needs, checked before anything is written: (checkpoint to resume, model, tokenizer, its spec, pairs, held-out pairs)."
-    ckpt = check_run_dir(out, asdict(cfg), resume, DPO_MAY_CHANGE)
+    ckpt = check_run_dir(out, cfg, resume, DPO_MAY_CHANGE)
     model, tok, tok_spec = load_base(cfg.base)
     if cfg.seq_len > model.config.block_size: raise CourseError(f"seq_len {cfg.seq_len} is longer than the base model's block_size {model.config.block_size}")
     pairs = load_pairs(cfg.pairs, tok, cfg.seq_len + 1, (cfg.synthetic_pairs, "train"))
@@ -256,17 +256,12 @@ def dpo(cfg:DPOConfig, # what to tune, on which pairs, and how
         resume:bool=False, progress:bool|None=None, say:Callable|None=None, plots:bool=True, before_step=None) -> dict:
     "Direct preference optimisation: the shared loop `fit` with PairBatches and the DPO objective against the frozen base."
     out = Path(out); check_dpo_config(cfg)
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    if cfg.deterministic: torch.use_deterministic_algorithms(True)
-    dist = setup_distributed(cfg.device); prec = precision_for(dist.device, cfg.dtype)
-    try:
+    with run_job(cfg) as dist:
+        prec = precision_for(dist.device, cfg.dtype)
         ckpt, model, tok, tok_spec, pairs, held = _prepare(cfg, out, resume, dist.device, prec)
         start = check_start(model, pairs, cfg, dist.device, prec) if ckpt is None else None
-        if dist.world > 1: torch.distributed.barrier()
-        if dist.lead and ckpt is None:
-            if tok_spec == "tokenizer": tok.save(out / "tokenizer")
-            write_json(out / "run.json", {"config": asdict(cfg), "model": asdict(model.config), "tokenizer": tok_spec,
-                                          "data": pairs.summary(), "start_loss": start})
+        write_run_record(out, dist, ckpt, {"config": asdict(cfg), "model": asdict(model.config), "tokenizer": tok_spec,
+                                           "data": pairs.summary(), "start_loss": start}, tok, tok_spec)
         torch.manual_seed(cfg.seed + dist.rank)  # dropout's stream; the weights come from the base
         loader = PairBatches(pairs, cfg.batch_size, cfg.accum, cfg.seed, dist.rank, dist.world, dist.device, pad_id=tok.eot_id)
         mean_len = sum(len(i) for i, _ in pairs.chosen + pairs.rejected) / (2 * len(pairs))
@@ -275,8 +270,6 @@ def dpo(cfg:DPOConfig, # what to tune, on which pairs, and how
                   meta={"config": {**asdict(cfg), "model": asdict(model.config)}, "tokenizer": tok_spec},
                   tokens_per_step=round(2 * cfg.batch_size * cfg.accum * dist.world * mean_len), flops_per_token=flops_per_token(model.config, round(mean_len)),
                   norm_hint=cfg.batch_size, progress=progress, say=say, name="dpo", before_step=before_step)
-    finally:
-        if dist.world > 1 and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
     if dist.lead and plots: plot_dpo(out / "log.jsonl", out)
     return {**res, "out": str(out), "start_loss": start}
 

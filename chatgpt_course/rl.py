@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 
 from .core import CourseError
-from .files import iter_jsonl, write_json
+from .files import iter_jsonl
 from .chat_data import OPS, ARITH_QUESTIONS, STYLES, system_prompt, is_heldout_arith, arith_key, score_reply, reply_style, make_eval_set
 from .tokenizer import render_chat
 from .engine import Engine, SamplingParams
 from .optim import IGNORE_INDEX
 from .model import flops_per_token
 from .finetune import ChatBatches, pad_batch, load_base
-from .train import fit, setup_distributed, check_run_dir, read_log, RESUME_MAY_CHANGE
+from .train import fit, run_job, check_run_dir, write_run_record, read_log, RESUME_MAY_CHANGE
 
 # %% auto #0
 __all__ = ['RL_MAY_CHANGE', 'RL_PRESETS', 'arith_prompts', 'check_prompts', 'load_prompts', 'reward', 'group_advantages',
@@ -264,7 +264,7 @@ def check_rl_config(cfg:RLConfig):
 def _prepare(cfg:RLConfig, out:Path, resume:bool, device) -> tuple:
     "Everything a run needs, checked before anything is written: (checkpoint to resume, model, reference, tokenizer, its spec, prompts, held out)."
     ops = check_rl_config(cfg)
-    ckpt = check_run_dir(out, asdict(cfg), resume, RL_MAY_CHANGE)
+    ckpt = check_run_dir(out, cfg, resume, RL_MAY_CHANGE)
     model, tok, tok_spec = load_base(cfg.base)
     syn = dict(ops=ops, max_operand=cfg.max_operand, seed=cfg.seed)
     prompts = load_prompts(cfg.prompts, dict(n=cfg.synthetic_prompts, split="train", **syn))
@@ -294,16 +294,10 @@ def rl(cfg:RLConfig, # what to tune, on which prompts, and how
        resume:bool=False, progress:bool|None=None, say:Callable|None=None, plots:bool=True, before_step=None) -> dict:
     "RL with a verifiable reward: the shared loop `fit` with groups sampled by the policy, and the policy-gradient objective with a KL to the base."
     out = Path(out); check_rl_config(cfg)
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    if cfg.deterministic: torch.use_deterministic_algorithms(True)
-    dist = setup_distributed(cfg.device)
-    try:
+    with run_job(cfg) as dist:
         ckpt, model, ref, tok, tok_spec, prompts, held = _prepare(cfg, out, resume, dist.device)
-        if dist.world > 1: torch.distributed.barrier()
-        if dist.lead and ckpt is None:
-            if tok_spec == "tokenizer": tok.save(out / "tokenizer")
-            write_json(out / "run.json", {"config": asdict(cfg), "model": asdict(model.config), "tokenizer": tok_spec,
-                                          "data": f"{len(prompts):,} prompts, {len(held):,} held out"})
+        write_run_record(out, dist, ckpt, {"config": asdict(cfg), "model": asdict(model.config), "tokenizer": tok_spec,
+                                           "data": f"{len(prompts):,} prompts, {len(held):,} held out"}, tok, tok_spec)
         torch.manual_seed(cfg.seed + dist.rank)
         loader = RLGroups(model, tok, prompts, cfg.k, cfg.batch_size, cfg.accum, cfg.seed, dist.rank, dist.world, dist.device,
                           SamplingParams(cfg.max_new_tokens, temperature=cfg.temperature), cfg.format_reward, cfg.scale_by_std, pad_id=tok.eot_id)
@@ -314,8 +308,6 @@ def rl(cfg:RLConfig, # what to tune, on which prompts, and how
                   meta={"config": {**asdict(cfg), "model": asdict(model.config)}, "tokenizer": tok_spec},
                   tokens_per_step=round(cfg.batch_size * cfg.k * cfg.accum * dist.world * mean_len), flops_per_token=flops_per_token(model.config, round(mean_len)),
                   norm_hint=cfg.batch_size * cfg.k, progress=progress, say=say, name="rl", before_step=before_step)
-    finally:
-        if dist.world > 1 and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
     if dist.lead and plots: plot_rl(out / "log.jsonl", out)
     return {**res, "out": str(out)}
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06h_safety.ipynb #0c4c2bc0
 from __future__ import annotations
-import functools, json, re
+import functools, re
 from dataclasses import dataclass, asdict, field, replace
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -20,7 +20,7 @@ from .safety_data import check_both_labels, is_refusal, make_safety_dataset, rea
 from .tokenizer import BPETokenizer, gpt2_tokenizer, load_tokenizer
 from .model import GPT, GPTConfig, load_hf
 from .checkpoint import load_trained
-from .train import RESUME_MAY_CHANGE, check_run_dir, fit, setup_distributed
+from .train import RESUME_MAY_CHANGE, check_run_dir, fit, run_job, write_run_record
 
 # %% auto #0
 __all__ = ['FORMAT', 'SAFETY_MAY_CHANGE', 'prf1', 'best_threshold', 'words', 'fit_logistic', 'BagOfWords', 'with_class_head',
@@ -377,30 +377,26 @@ def train_safety(cfg:SafetyConfig, # what to train, on what, and how
     "Fine-tune a GPT classifier on the shared loop `fit`, choose its threshold on validation rows, and save it to `out`."
     out = Path(out); check_safety_config(cfg)
     train_rows, val_rows = _safety_rows(cfg)  # every row checked before anything is written
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    if cfg.deterministic: torch.use_deterministic_algorithms(True)
-    dist = setup_distributed(cfg.device)
-    ckpt = check_run_dir(out, json.loads(json.dumps(asdict(cfg))), resume, SAFETY_MAY_CHANGE)
-    model, tok, spec = _backbone(cfg, [r["text"] for r in train_rows])
-    ids, owner = encode_texts(tok, [r["text"] for r in train_rows], cfg.max_tokens)  # a long text: each window learns its label
-    loader = TextBatches(ids, [train_rows[i]["label"] for i in owner], cfg.batch_size, cfg.accum, cfg.seed, dist.rank, dist.world, dist.device, tok.eot_id)
-    val_ids, val_owner = encode_texts(tok, [r["text"] for r in val_rows], cfg.max_tokens)
-    val_labels = np.array([val_rows[i]["label"] for i in val_owner])
-    if dist.lead and ckpt is None:
-        if spec == "tokenizer": tok.save(out / "tokenizer")
-        write_json(out / "run.json", {"config": asdict(cfg), "model": asdict(model.config), "tokenizer": spec,
-                                      "rows": {"train": len(train_rows), "validation": len(val_rows)}})
-    if dist.lead and say: say(f"safety: {model.num_params():,} parameters ({'new' if not cfg.base else cfg.base}); "
-                              f"{len(train_rows):,} training rows, {len(val_rows):,} validation rows")
-    objective = functools.partial(class_objective, label_smoothing=cfg.label_smoothing)
-    res = fit(model, loader, objective, cfg, out, dist, resume_from=ckpt, evaluate=_val_hook(val_ids, val_labels, tok.eot_id),
-              meta={"config": asdict(cfg), "tokenizer": spec}, tokens_per_step=cfg.batch_size * cfg.accum * dist.world * cfg.max_tokens,
-              norm_hint=cfg.batch_size, progress=progress, say=say, name="safety")
-    scores = class_scores(model, tok, [r["text"] for r in val_rows], cfg.max_tokens)
-    threshold, val_f1 = best_threshold(scores, [r["label"] for r in val_rows])
-    val = prf1([r["label"] for r in val_rows], scores >= threshold)
-    clf = SafetyClassifier(model, tok, threshold, cfg.max_tokens, {"validation": val, "steps": res["step"]})
-    if dist.lead: clf.save(out, spec)
+    with run_job(cfg) as dist:
+        ckpt = check_run_dir(out, cfg, resume, SAFETY_MAY_CHANGE)
+        model, tok, spec = _backbone(cfg, [r["text"] for r in train_rows])
+        ids, owner = encode_texts(tok, [r["text"] for r in train_rows], cfg.max_tokens)  # a long text: each window learns its label
+        loader = TextBatches(ids, [train_rows[i]["label"] for i in owner], cfg.batch_size, cfg.accum, cfg.seed, dist.rank, dist.world, dist.device, tok.eot_id)
+        val_ids, val_owner = encode_texts(tok, [r["text"] for r in val_rows], cfg.max_tokens)
+        val_labels = np.array([val_rows[i]["label"] for i in val_owner])
+        write_run_record(out, dist, ckpt, {"config": asdict(cfg), "model": asdict(model.config), "tokenizer": spec,
+                                           "rows": {"train": len(train_rows), "validation": len(val_rows)}}, tok, spec)
+        if dist.lead and say: say(f"safety: {model.num_params():,} parameters ({'new' if not cfg.base else cfg.base}); "
+                                  f"{len(train_rows):,} training rows, {len(val_rows):,} validation rows")
+        objective = functools.partial(class_objective, label_smoothing=cfg.label_smoothing)
+        res = fit(model, loader, objective, cfg, out, dist, resume_from=ckpt, evaluate=_val_hook(val_ids, val_labels, tok.eot_id),
+                  meta={"config": asdict(cfg), "tokenizer": spec}, tokens_per_step=cfg.batch_size * cfg.accum * dist.world * cfg.max_tokens,
+                  norm_hint=cfg.batch_size, progress=progress, say=say, name="safety")
+        scores = class_scores(model, tok, [r["text"] for r in val_rows], cfg.max_tokens)
+        threshold, val_f1 = best_threshold(scores, [r["label"] for r in val_rows])
+        val = prf1([r["label"] for r in val_rows], scores >= threshold)
+        clf = SafetyClassifier(model, tok, threshold, cfg.max_tokens, {"validation": val, "steps": res["step"]})
+        if dist.lead: clf.save(out, spec)
     return {"step": res["step"], "threshold": threshold, **{f"val_{k}": v for k, v in val.items()}, "out": str(out)}
 
 # %% ../nbs/06h_safety.ipynb #2dcde395

@@ -5,10 +5,10 @@
 # %% ../nbs/05d_pretraining.ipynb #927bc1e3
 from __future__ import annotations
 import io, json, math, os, re, sys, time
-from contextlib import nullcontext
-from dataclasses import dataclass, field, asdict
+from contextlib import contextmanager, nullcontext
+from dataclasses import MISSING, dataclass, field, asdict, fields, is_dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -28,8 +28,8 @@ from .engine import sample
 
 # %% auto #0
 __all__ = ['PRESETS', 'RESUME_MAY_CHANGE', 'TrainConfig', 'check_config', 'prepare_data', 'evaluate', 'read_log', 'plot_run',
-           'LivePlot', 'Dist', 'setup_distributed', 'wrap_model', 'config_from_dict', 'check_run_dir', 'save_state',
-           'restore_state', 'RunLog', 'fit', 'train']
+           'LivePlot', 'Dist', 'setup_distributed', 'wrap_model', 'config_from_dict', 'check_run_dir', 'run_job',
+           'write_run_record', 'save_state', 'restore_state', 'RunLog', 'fit', 'train']
 
 # %% ../nbs/05d_pretraining.ipynb #7e72eff6
 @dataclass
@@ -337,6 +337,16 @@ def config_from_dict(d:dict) -> TrainConfig:
     try: return TrainConfig(**{**d, "model": GPTConfig(**d["model"])})
     except (TypeError, KeyError) as e: raise CourseError(f"not a TrainConfig this version can read: {e}") from None
 
+def _with_defaults(saved:dict, cfg) -> dict:
+    "A saved config's JSON form with each field it lacks set to the field's default (in nested configs too): how it reads now."
+    full = dict(saved)
+    for f in fields(cfg):
+        if f.name not in full:  # a field added since the run was saved
+            default = f.default if f.default is not MISSING else f.default_factory() if f.default_factory is not MISSING else MISSING
+            if default is not MISSING: full[f.name] = _config_dict(default) if is_dataclass(default) else json.loads(json.dumps(default))
+        elif is_dataclass(getattr(cfg, f.name)) and isinstance(full[f.name], dict): full[f.name] = _with_defaults(full[f.name], getattr(cfg, f.name))
+    return full
+
 def _differences(old:dict, new:dict, prefix:str="") -> dict:
     "Config fields that differ between two JSON configs, nested fields named a.b: {name: (old, new)}."
     diff = {}
@@ -348,7 +358,7 @@ def _differences(old:dict, new:dict, prefix:str="") -> dict:
 
 # %% ../nbs/05d_pretraining.ipynb #6c00aa42
 def check_run_dir(out:Path, # the run directory
-                  config:dict, # the run's config in JSON form
+                  config, # the run's config: a dataclass (a field its saved config lacks counts as its default), or its JSON form
                   resume:bool, # whether the caller means to continue the run there
                   may_change:tuple=RESUME_MAY_CHANGE, # fields a resumed run may change
                  ) -> Path|None:
@@ -360,8 +370,9 @@ def check_run_dir(out:Path, # the run directory
         if resume and (out / "LATEST").exists(): raise CourseError(f"{str(out)!r} has checkpoints but no run.json: not a run this code wrote")
         return None
     old = read_json(run_json, "run record")
-    if not isinstance(old, dict) or "config" not in old: raise CourseError(f"{str(run_json)!r} is corrupt; not touching {str(out)!r}")
-    diff = {k: v for k, v in _differences(old["config"], config).items() if k.split(".")[0] not in may_change}
+    if not isinstance(old, dict) or not isinstance(old.get("config"), dict): raise CourseError(f"{str(run_json)!r} is corrupt; not touching {str(out)!r}")
+    saved, config = (_with_defaults(old["config"], config), _config_dict(config)) if is_dataclass(config) else (old["config"], config)
+    diff = {k: v for k, v in _differences(saved, config).items() if k.split(".")[0] not in may_change}
     said = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in list(diff.items())[:3])
     if not resume:
         raise CourseError(f"{str(out)!r} already holds " + (f"a run with a different config ({said})" if diff else "a run")
@@ -370,6 +381,29 @@ def check_run_dir(out:Path, # the run directory
     ckpt = latest_checkpoint(out)
     if ckpt is not None: verify_checkpoint(ckpt)  # a damaged checkpoint fails here, before anything is written
     return ckpt
+
+# %% ../nbs/05d_pretraining.ipynb #5fc87e2f
+@contextmanager
+def run_job(cfg, # any run's config: its threads, deterministic and device fields
+           ) -> Iterator[Dist]:
+    "This process set up for a run as `cfg` says (threads, deterministic kernels, its place in the job); the process group is left at the end."
+    if cfg.threads: torch.set_num_threads(cfg.threads)
+    if cfg.deterministic: torch.use_deterministic_algorithms(True)
+    dist = setup_distributed(cfg.device)
+    try: yield dist
+    finally:
+        if dist.world > 1 and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
+
+def write_run_record(out:Path, dist:Dist, # the run directory, checked by check_run_dir on every process
+                     ckpt:Path|None, # what check_run_dir returned: None for a new run
+                     record:dict, # run.json's contents: {"config": ..., ...}
+                     tokenizer=None, tok_spec:str="", # saved to out/tokenizer when tok_spec is "tokenizer"
+                    ):
+    "A new run's run.json (and tokenizer), written by the lead once every process has checked `out`; a resumed run keeps its own."
+    if dist.world > 1: torch.distributed.barrier()  # no process reads a run.json that this run has just written
+    if not dist.lead or ckpt is not None: return
+    if tokenizer is not None and tok_spec == "tokenizer": tokenizer.save(out / "tokenizer")
+    write_json(out / "run.json", record)
 
 # %% ../nbs/05d_pretraining.ipynb #6c00aa22
 def _full_states(model:torch.nn.Module, optimizer, dist:Dist, parallel:str) -> tuple[torch.nn.Module, dict]:
@@ -604,18 +638,13 @@ def train(cfg:TrainConfig, # what to train and how
          ) -> dict:
     "Pretrain a GPT as `cfg` says, writing everything to `out`: one objective and one loader handed to `fit`."
     out = Path(out)
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    if cfg.deterministic: torch.use_deterministic_algorithms(True)
-    dist = setup_distributed(cfg.device)
-    try:
+    with run_job(cfg) as dist:
         accum = check_config(cfg, dist.world)
-        ckpt = check_run_dir(out, _config_dict(cfg), resume)  # refuses, before anything is written
-        if dist.world > 1: torch.distributed.barrier()  # every rank has looked at `out` before rank 0 writes to it
+        ckpt = check_run_dir(out, cfg, resume)  # refuses, before anything is written
         tok, tok_spec, train_tf, val_tf = prepare_data(cfg, out, dist.rank)
         _check_fits(cfg, tok, train_tf, val_tf)
-        if dist.lead and ckpt is None:
-            if resume and say: say(f"nothing to resume in {out}: starting a new run")
-            write_json(out / "run.json", {"config": _config_dict(cfg), "tokenizer": tok_spec, "world_size": dist.world, "grad_accum": accum})
+        if dist.lead and ckpt is None and resume and say: say(f"nothing to resume in {out}: starting a new run")
+        write_run_record(out, dist, ckpt, {"config": _config_dict(cfg), "tokenizer": tok_spec, "world_size": dist.world, "grad_accum": accum})
         model = _fresh_model(cfg, dist)
         loader = RandomWindows(train_tf.tokens, cfg.batch_size, cfg.seq_len, accum, seed=cfg.seed, rank=dist.rank,
                                world_size=dist.world, device=dist.device)
@@ -626,8 +655,6 @@ def train(cfg:TrainConfig, # what to train and how
                   meta={"config": _config_dict(cfg), "tokenizer": tok_spec}, tokens_per_step=tokens_per_step,
                   flops_per_token=flops_per_token(cfg.model, cfg.seq_len), norm_hint=cfg.batch_size * cfg.seq_len, progress=progress, say=say,
                   name="pretrain", before_step=before_step)
-    finally:
-        if dist.world > 1 and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
     if dist.lead and plots:
         try: plot_run(out / "log.jsonl", out)
         except CourseError: pass

@@ -3,49 +3,36 @@ implementation of TRL's sigmoid DPO loss and its reported rewards (TRL 1.x compu
 `DPOTrainer._compute_loss`, which needs a model and a trainer, so the formula is written out here); a DPO run killed
 with SIGKILL and resumed ends bitwise identical to an uninterrupted one; and every bad pairs file is refused with a
 one-line message that names the file, the row and the problem, with nothing written. All models are tiny, on CPU."""
-import json, math, os, signal, subprocess, sys
+import json, math
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
 
-from chatgpt_course.chat_data import make_chat_dataset
 from chatgpt_course.checkpoint import latest_checkpoint, load_trained
 from chatgpt_course.files import write_jsonl
 from chatgpt_course.model import GPT, GPTConfig
 from chatgpt_course.pairs import make_pairs, write_pairs
 from chatgpt_course.preference import PairBatches, dpo_loss, dpo_objective, encode_pairs, pair_logps
 from chatgpt_course.tokenizer import gpt2_tokenizer
-from _cli import kill_after_checkpoint, train_losses  # tests/_cli.py
+from _cli import killed_and_resumed, module_cli, refused, tiny_chat_model, train_losses  # tests/_cli.py
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-RUN_CLI = "import sys; from chatgpt_course.cli import main; sys.exit(main())"
-TINY_BASE = ["--preset", "cpu-tiny", "--tokenizer", "bpe:300", "--vocab-size", "320", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
-             "--block-size", "128", "--seq-len", "64", "--batch-size", "4", "--max-steps", "2", "--warmup-steps", "1", "--eval-tokens", "256",
-             "--sample-tokens", "0", "--threads", "1", "--no-progress"]
 TINY_DPO = ["--seq-len", "128", "--batch-size", "4", "--warmup-steps", "1", "--eval-pairs", "8", "--threads", "1", "--no-progress"]
 
-def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", RUN_CLI, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600)
-
-def dpo_cli(*args) -> subprocess.CompletedProcess:
-    "`chatgpt-course dpo ARGS`, through the console script's entry point (whether or not it lists dpo yet)."
-    return subprocess.run([sys.executable, "-m", "chatgpt_course.cli_preference", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600)
+dpo_cli = partial(module_cli, "cli_preference")  # `chatgpt-course dpo ARGS`, through the console script's entry point
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     "A tiny base run with the chat tokens, fine-tuned for two steps; a pairs file and a held-out pairs file."
     d = tmp_path_factory.mktemp("dpo")
-    r = cli("pretrain", *TINY_BASE, "--out", d / "base"); assert r.returncode == 0, r.stderr
-    write_jsonl(make_chat_dataset(32, seed=0), d / "chat.jsonl")
-    r = cli("sft", "--base", d / "base", "--data", d / "chat.jsonl", "--out", d / "sft", "--seq-len", "128", "--batch-size", "4",
-            "--max-steps", "2", "--eval-tokens", "0", "--threads", "1", "--no-progress"); assert r.returncode == 0, r.stderr
+    tiny_chat_model(d, block_size=128)
     write_pairs(make_pairs(48, seed=0), d / "pairs.jsonl")
     write_pairs(make_pairs(16, seed=0, split="heldout"), d / "heldout.jsonl")
     return d
 
-def dpo_flags(work, out, *more):
-    return ["--base", work / "sft", "--pairs", work / "pairs.jsonl", "--heldout", work / "heldout.jsonl", "--out", out, *TINY_DPO, *more]
+def dpo_flags(work, *more):
+    return ["--base", work / "sft", "--pairs", work / "pairs.jsonl", "--heldout", work / "heldout.jsonl", *TINY_DPO, *more]
 
 # ---- the loss
 
@@ -88,15 +75,9 @@ def test_the_loss_is_ln2_when_the_policy_is_the_reference():
 
 def test_sigkill_then_resume_is_bitwise_identical(work, tmp_path):
     flags = ["--max-steps", "12", "--ckpt-every", "4", "--eval-every", "6"]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    r = dpo_cli(*dpo_flags(work, straight, *flags)); assert r.returncode == 0, r.stderr
+    straight, killed, r = killed_and_resumed(["dpo", *dpo_flags(work, *flags)], tmp_path, 4, 12, module="cli_preference")
     assert "done at step 12" in r.stdout and (straight / "dpo.png").exists()
-    rc = kill_after_checkpoint(["dpo", *dpo_flags(work, killed, *flags)], "ckpt-00000004", ENV)
-    assert rc == -signal.SIGKILL, "the run finished before it could be killed"
-    assert 4 <= int(latest_checkpoint(killed).name[5:]) < 12
-    r = dpo_cli("--out", killed, "--resume", "--no-progress"); assert r.returncode == 0, r.stderr
     a, b = latest_checkpoint(straight), latest_checkpoint(killed)
-    assert a.name == b.name == "ckpt-00000012"
     for f in ("model.safetensors", "optimizer.pt"): assert (a / f).read_bytes() == (b / f).read_bytes(), f
     assert train_losses(straight) == train_losses(killed)
     run = json.loads((straight / "run.json").read_text())
@@ -129,10 +110,6 @@ def test_bad_pairs_are_refused_with_one_line_and_nothing_written(work, tmp_path,
     f = tmp_path / "bad.jsonl"; write_jsonl([good[0], good[1], row, good[2]], f)
     out = tmp_path / "out"
     for flag in ("--pairs", "--heldout"):
-        r = dpo_cli(*dpo_flags(work, out, flag, f))
-        assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-        msg = r.stderr.strip().splitlines()
-        assert len(msg) == 1 and msg[0].startswith("chatgpt-course dpo: error:"), r.stderr
-        assert all(n in msg[0] for n in (repr(str(f)), "row 3", problem)), (problem, msg[0])
-        assert not out.exists(), "a refused run wrote its directory"
+        r = dpo_cli(*dpo_flags(work, flag, f), "--out", out)
+        refused(r, out, repr(str(f)), "row 3", problem, command="dpo")
         if case != "identical replies": break  # the held-out file is read by the same code: one case shows it

@@ -6,7 +6,7 @@ name, a finished LoRA run resumed, a base whose chat tokens share one frozen emb
 `chatgpt-course sft --lora-rank 4` through the command line: a tiny run that `chat` answers from, whose adapter
 (PEFT's format) on the base gives the merged checkpoint's logits, and a run killed with SIGKILL and resumed that ends
 bitwise identical to a straight one. peft is a test dependency: its tests skip without it. Nothing is downloaded."""
-import json, os, signal, subprocess, sys
+import json, os
 
 import pytest
 import torch
@@ -17,20 +17,12 @@ from chatgpt_course.core import CourseError
 from chatgpt_course.files import write_jsonl
 from chatgpt_course.lora import add_lora, load_peft, lora_layers, merge_lora, merged_model, save_peft, unmerge_lora
 from chatgpt_course.model import GPT, GPTConfig, load_hf, save_hf
-from _cli import kill_after_checkpoint, train_losses  # tests/_cli.py
+from _cli import course as cli, in_process, killed_and_resumed, refused, tiny_base, train_losses  # tests/_cli.py
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-RUN_CLI = "import sys; from chatgpt_course.cli import main; sys.exit(main())"
-TINY_BASE = ["--preset", "cpu-tiny", "--tokenizer", "bpe:300", "--vocab-size", "320", "--n-layer", "2", "--n-embd", "32", "--n-head", "2",
-             "--block-size", "128", "--seq-len", "64", "--batch-size", "4", "--max-steps", "4", "--warmup-steps", "1", "--eval-tokens", "256",
-             "--sample-tokens", "0", "--threads", "1", "--no-progress"]
 TINY_SFT = ["--seq-len", "128", "--batch-size", "4", "--warmup-steps", "2", "--eval-rows", "16", "--eval-tokens", "256", "--threads", "1",
             "--no-progress", "--lora-rank", "4", "--lr", "1e-2"]
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' deprecation notes, as peft calls it
 CFG = GPTConfig(block_size=32, vocab_size=120, n_layer=2, n_head=4, n_embd=32)  # the GPT-2 variant: Hugging Face can run it
-
-def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", RUN_CLI, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600)
 
 def adapted(seed=0, model:GPT|None=None) -> tuple[GPT, torch.Tensor]:
     "A small GPT (or `model`) with rank-4 adapters whose B looks trained (not zero), and a batch of ids."
@@ -47,27 +39,14 @@ def grid_step(t:torch.Tensor) -> torch.Tensor:
 def work(tmp_path_factory):
     "A tiny base run with the chat tokens, a chat file and a held-out chat file."
     d = tmp_path_factory.mktemp("lora")
-    r = cli("pretrain", *TINY_BASE, "--out", d / "base"); assert r.returncode == 0, r.stderr
+    tiny_base(d / "base", n_layer=2, max_steps=4)
     write_jsonl(make_chat_dataset(64, seed=0), d / "chat.jsonl")
     write_jsonl(make_chat_dataset(16, seed=0, split="heldout"), d / "heldout.jsonl")
     return d
 
 def sft_flags(work, out, *more):
-    return ["sft", "--base", work / "base", "--data", work / "chat.jsonl", "--heldout", work / "heldout.jsonl", "--out", out, *TINY_SFT, *more]
-
-def in_process(capsys, *args) -> subprocess.CompletedProcess:
-    "The command line run inside this process (for refusals, which never train): its return code and stderr."
-    from chatgpt_course.cli import main
-    capsys.readouterr()  # drop what came before
-    rc = main([str(a) for a in args]); err = capsys.readouterr().err
-    return subprocess.CompletedProcess(args, rc, "", err)
-
-def refused(r, out, *needles):
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    msg = r.stderr.strip().splitlines()
-    assert len(msg) == 1 and msg[0].startswith("chatgpt-course sft: error:"), r.stderr
-    assert all(n in msg[0] for n in needles), (needles, msg[0])
-    assert not out.exists(), "a refused run wrote its directory"
+    "`sft` flags of a tiny LoRA run into `out` (None: no --out)."
+    return ["sft", "--base", work / "base", "--data", work / "chat.jsonl", "--heldout", work / "heldout.jsonl", *(["--out", out] if out else []), *TINY_SFT, *more]
 
 # ---- the layer and the model
 
@@ -163,13 +142,8 @@ def test_sft_lora_rank_then_chat_answers_from_the_merged_model(work, tmp_path, c
 
 def test_sigkill_then_resume_of_a_lora_run_is_bitwise_identical(work, tmp_path):
     flags = ["--max-steps", "12", "--ckpt-every", "4", "--eval-every", "6", "--mix-rows", "1"]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    r = cli(*sft_flags(work, straight, *flags)); assert r.returncode == 0, r.stderr
-    rc = kill_after_checkpoint(sft_flags(work, killed, *flags), "ckpt-00000004", ENV)
-    assert rc == -signal.SIGKILL, "the run finished before it could be killed"
-    assert 4 <= int(latest_checkpoint(killed).name[5:]) < 12 and not (killed / "adapter").exists()
-    r = cli("sft", "--out", killed, "--resume", "--no-progress"); assert r.returncode == 0, r.stderr
-    for run in (straight, killed): assert latest_checkpoint(run).name == "ckpt-00000012"
+    def no_adapter_yet(killed): assert not (killed / "adapter").exists()  # written when the run finishes
+    straight, killed, _ = killed_and_resumed(sft_flags(work, None, *flags), tmp_path, 4, 12, after_kill=no_adapter_yet)
     same = ["ckpt-00000012/model.safetensors", "ckpt-00000008/model.safetensors", "ckpt-00000008/optimizer.pt", "adapter/adapter_model.safetensors"]
     for f in same: assert (straight / f).read_bytes() == (killed / f).read_bytes(), f
     assert train_losses(straight) == train_losses(killed)

@@ -3,7 +3,7 @@ one token makes that token likelier; an RL run killed with SIGKILL and resumed e
 uninterrupted one (its sampling is seeded from the loader's checkpointed generator); and an RL task whose prompts have
 no verifiable answer is refused with a one-line message that names the file and the row, with nothing written. All
 models are tiny, on CPU."""
-import json, os, signal, subprocess, sys
+import json
 from functools import partial
 
 import pytest
@@ -11,38 +11,24 @@ import torch
 import torch.nn.functional as F
 
 from chatgpt_course.checkpoint import latest_checkpoint, load_trained
-from chatgpt_course.chat_data import make_chat_dataset
 from chatgpt_course.core import precision_for, seed_everything
 from chatgpt_course.engine import Engine, SamplingParams
 from chatgpt_course.files import write_jsonl
 from chatgpt_course.model import GPT, GPTConfig
 from chatgpt_course.optim import make_optimizer, train_step
 from chatgpt_course.rl import arith_prompts, group_batch, pass_at_k, rl_objective
-from _cli import kill_after_checkpoint, train_losses  # tests/_cli.py
+from _cli import killed_and_resumed, module_cli, refused, tiny_chat_model, train_losses  # tests/_cli.py
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-RUN_CLI = "import sys; from chatgpt_course.cli import main; sys.exit(main())"
-TINY_BASE = ["--preset", "cpu-tiny", "--tokenizer", "bpe:300", "--vocab-size", "320", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
-             "--block-size", "192", "--seq-len", "64", "--batch-size", "4", "--max-steps", "2", "--warmup-steps", "1", "--eval-tokens", "256",
-             "--sample-tokens", "0", "--threads", "1", "--no-progress"]
 TINY_RL = ["--max-operand", "9", "--synthetic-prompts", "24", "--k", "4", "--batch-size", "2", "--max-new-tokens", "8", "--warmup-steps", "1",
            "--lr", "1e-3", "--eval-prompts", "2", "--eval-add-sub", "1", "--threads", "1", "--no-progress"]
 
-def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", RUN_CLI, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600)
-
-def rl_cli(*args) -> subprocess.CompletedProcess:
-    "`chatgpt-course rl ARGS`, through the console script's entry point (whether or not it lists rl yet)."
-    return subprocess.run([sys.executable, "-m", "chatgpt_course.cli_rl", *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600)
+rl_cli = partial(module_cli, "cli_rl")  # `chatgpt-course rl ARGS`, through the console script's entry point
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     "A tiny base run with the chat tokens, fine-tuned for two steps."
     d = tmp_path_factory.mktemp("rl")
-    r = cli("pretrain", *TINY_BASE, "--out", d / "base"); assert r.returncode == 0, r.stderr
-    write_jsonl(make_chat_dataset(32, seed=0), d / "chat.jsonl")
-    r = cli("sft", "--base", d / "base", "--data", d / "chat.jsonl", "--heldout", "", "--out", d / "sft", "--seq-len", "128", "--batch-size", "4",
-            "--max-steps", "2", "--eval-tokens", "0", "--threads", "1", "--no-progress"); assert r.returncode == 0, r.stderr
+    tiny_chat_model(d, 192, "--heldout", "")
     return d
 
 # ---- the update
@@ -81,15 +67,9 @@ def test_pass_at_k_is_the_unbiased_estimator():
 
 def test_sigkill_then_resume_is_bitwise_identical(work, tmp_path):
     flags = ["--base", work / "sft", *TINY_RL, "--max-steps", "6", "--ckpt-every", "2", "--eval-every", "3"]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    r = rl_cli(*flags, "--out", straight); assert r.returncode == 0, r.stderr
+    straight, killed, r = killed_and_resumed(["rl", *flags], tmp_path, 2, 6, module="cli_rl")
     assert "done at step 6" in r.stdout and (straight / "rl.png").exists()
-    rc = kill_after_checkpoint(["rl", *flags, "--out", killed], "ckpt-00000002", ENV)
-    assert rc == -signal.SIGKILL, "the run finished before it could be killed"
-    assert 2 <= int(latest_checkpoint(killed).name[5:]) < 6
-    r = rl_cli("--out", killed, "--resume", "--no-progress"); assert r.returncode == 0, r.stderr
     a, b = latest_checkpoint(straight), latest_checkpoint(killed)
-    assert a.name == b.name == "ckpt-00000006"
     for f in ("model.safetensors", "optimizer.pt"): assert (a / f).read_bytes() == (b / f).read_bytes(), f
     assert train_losses(straight) == train_losses(killed)
     recs = [json.loads(l) for l in (straight / "log.jsonl").read_text().splitlines()]
@@ -106,8 +86,4 @@ def test_prompts_without_a_verifiable_answer_are_refused(work, tmp_path):
     out = tmp_path / "out"
     for flag in ("--prompts", "--heldout"):
         r = rl_cli("--base", work / "sft", *TINY_RL, "--max-steps", "1", flag, f, "--out", out)
-        assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-        msg = r.stderr.strip().splitlines()
-        assert len(msg) == 1 and msg[0].startswith("chatgpt-course rl: error:"), r.stderr
-        assert repr(str(f)) in msg[0] and "row 3 has no verifiable answer" in msg[0], msg[0]
-        assert not out.exists(), "a refused run wrote its directory"
+        refused(r, out, repr(str(f)), "row 3 has no verifiable answer", command="rl")

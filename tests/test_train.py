@@ -145,6 +145,34 @@ def test_occupied_or_damaged_run_directories(finished_run, tmp_path, capsys):
     assert "is corrupt: model.safetensors" in capsys.readouterr().err
     assert tree_digest(run) == before
 
+def test_a_run_saved_before_a_config_field_existed_still_resumes(finished_run, tmp_path, capsys):
+    "A run.json that lacks a field added since (here `deterministic`, and the model's `pos`) reads it as the default: it resumes."
+    import shutil
+    run = tmp_path / "old"; shutil.copytree(finished_run, run)
+    rec = json.loads((run / "run.json").read_text())
+    del rec["config"]["deterministic"], rec["config"]["model"]["pos"]
+    (run / "run.json").write_text(json.dumps(rec))
+    assert main(["pretrain", "--out", str(run), "--resume"]) == 0, capsys.readouterr().err  # finished: it only evaluates again
+    assert "done at step 4" in capsys.readouterr().out
+    # a field that does differ is still refused, whether the saved config has it or lacks it
+    assert main(["pretrain", "--out", str(run), "--resume", "--lr", "0.01"]) == 2
+    assert f"config differs (lr: {PRESETS['cpu-tiny'].lr!r} there, 0.01 now)" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(run), "--resume", "--deterministic"]) == 2
+    assert "config differs (deterministic: False there, True now)" in capsys.readouterr().err
+
+def test_an_sft_run_saved_before_the_lora_fields_still_resumes(tmp_path):
+    "check_run_dir with the config dataclass: the LoRA fields an older SFT run.json lacks count as their defaults."
+    from dataclasses import asdict, replace
+    from chatgpt_course.core import CourseError
+    from chatgpt_course.finetune import SFT_MAY_CHANGE, SFTConfig
+    from chatgpt_course.train import check_run_dir
+    cfg = SFTConfig(base="runs/base", data="chat.jsonl")
+    saved = asdict(cfg); del saved["lora_rank"], saved["lora_alpha"]
+    run = tmp_path / "sft"; run.mkdir(); (run / "run.json").write_text(json.dumps({"config": saved}))
+    assert check_run_dir(run, cfg, True, SFT_MAY_CHANGE) is None  # the same run: nothing refused (and no checkpoint yet)
+    with pytest.raises(CourseError, match=r"config differs \(lora_rank: 0 there, 4 now\)"): check_run_dir(run, replace(cfg, lora_rank=4), True, SFT_MAY_CHANGE)
+    with pytest.raises(CourseError, match=r"config differs \(lr: 0.0003 there, 0.1 now\)"): check_run_dir(run, replace(cfg, lr=0.1), True, SFT_MAY_CHANGE)
+
 def test_empty_token_file(tmp_path, capsys):
     write_token_file([], tmp_path / "empty.bin", vocab_size=66, tokenizer="char")
     out = tmp_path / "run"
