@@ -23,6 +23,7 @@ COMMANDS = {  # subcommand: (module, function, one-line help)
     "dpo":       ("chatgpt_course.cli_preference", "cli_dpo", "tune a chat model on preference pairs (DPO, resumable)"),
     "rl":        ("chatgpt_course.cli_rl", "cli_rl", "improve a chat model with rewards on arithmetic (RL, resumable)"),
     "eval":      ("chatgpt_course.cli_eval", "cli_eval", "score predictions against references: BLEU, ROUGE, precision/recall/F1"),
+    "feedback":  ("chatgpt_course.cli_feedback", "cli_feedback", "ask people to rate or choose replies; export the choices as DPO pairs"),
 }
 
 def _available(cmd): return importlib.util.find_spec(COMMANDS[cmd][0]) is not None
