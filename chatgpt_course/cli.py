@@ -24,6 +24,7 @@ COMMANDS = {  # subcommand: (module, function, one-line help)
     "rl":        ("chatgpt_course.cli_rl", "cli_rl", "improve a chat model with rewards on arithmetic (RL, resumable)"),
     "eval":      ("chatgpt_course.cli_eval", "cli_eval", "score predictions against references: BLEU, ROUGE, precision/recall/F1"),
     "feedback":  ("chatgpt_course.cli_feedback", "cli_feedback", "ask people to rate or choose replies; export the choices as DPO pairs"),
+    "report":    ("chatgpt_course.cli_report", "cli_report", "write a report card of runs: curves, task table with intervals, safety, side by side"),
 }
 
 def _available(cmd): return importlib.util.find_spec(COMMANDS[cmd][0]) is not None
