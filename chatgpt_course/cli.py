@@ -13,16 +13,16 @@ __all__ = ['COMMANDS', 'main']
 
 # %% ../nbs/10_cli.ipynb #ca4a0736
 COMMANDS = {  # subcommand: (module, function, one-line help)
-    "data":      ("chatgpt_course.cli_data", "cli_data", "collect, clean and inspect text; make synthetic chat data"),
+    "data":      ("chatgpt_course.cli_data", "cli_data", "collect, clean and inspect text; make synthetic chat data, safety requests and preference pairs"),
     "tokenizer": ("chatgpt_course.cli_tokenizer", "cli_tokenizer", "train a byte-level BPE tokenizer; encode and decode"),
     "pretrain":  ("chatgpt_course.cli_train", "cli_pretrain", "pretrain a GPT from a preset (resumable)"),
     "sample":    ("chatgpt_course.cli_generate", "cli_sample", "generate text from a checkpoint (sampling flags, --n, --stream)"),
     "chat":      ("chatgpt_course.cli_generate", "cli_chat", "talk to a chat model: one reply (--prompt) or a conversation on stdin"),
     "sft":       ("chatgpt_course.cli_finetune", "cli_sft", "fine-tune a base model on chat rows (supervised, resumable)"),
-    "safety":    ("chatgpt_course.cli_safety", "cli_safety", "train a content-safety classifier; screen texts with one"),
+    "safety":    ("chatgpt_course.cli_safety", "cli_safety", "train a content-safety classifier; screen texts or filter chat data with one"),
     "dpo":       ("chatgpt_course.cli_preference", "cli_dpo", "tune a chat model on preference pairs (DPO, resumable)"),
     "rl":        ("chatgpt_course.cli_rl", "cli_rl", "improve a chat model with rewards on arithmetic (RL, resumable)"),
-    "eval":      ("chatgpt_course.cli_eval", "cli_eval", "score predictions against references: BLEU, ROUGE, precision/recall/F1"),
+    "eval":      ("chatgpt_course.cli_eval", "cli_eval", "score outputs (BLEU, ROUGE, P/R/F1), a chat model on held-out tasks, or multiple choice"),
     "feedback":  ("chatgpt_course.cli_feedback", "cli_feedback", "ask people to rate or choose replies; export the choices as DPO pairs"),
     "report":    ("chatgpt_course.cli_report", "cli_report", "write a report card of runs: curves, task table with intervals, safety, side by side"),
 }
