@@ -4,47 +4,33 @@
 
 # %% ../nbs/10e_cli_finetune.ipynb #09779307
 from __future__ import annotations
-import argparse, dataclasses, os, sys
+import argparse
 from pathlib import Path
 
-from .core import CourseError
-from .cli_train import _add_config_flags, given_flags, preset_or_saved
+from .cli_train import config_from_flags, config_reader, run_command, run_parser
 from .finetune import SFT_PRESETS, SFT_MAY_CHANGE, SFTConfig, sft
 from .checkpoint import latest_checkpoint
 
 # %% auto #0
-__all__ = ['sft_parser', 'sft_config_from_dict', 'sft_config_from_args', 'cli_sft']
+__all__ = ['sft_config_from_dict', 'sft_parser', 'sft_config_from_args', 'cli_sft']
 
 # %% ../nbs/10e_cli_finetune.ipynb #b4b8024f
 def sft_parser(prog:str="chatgpt-course sft") -> argparse.ArgumentParser:
     "The `sft` command's parser: --preset, --out, --resume and one flag per SFTConfig field."
-    p = argparse.ArgumentParser(prog=prog, description="Fine-tune a base model on chat rows (supervised fine-tuning); every config field can be overridden.")
-    p.add_argument("--preset", choices=sorted(SFT_PRESETS), default="cpu-chat", help="starting configuration (default: cpu-chat)")
-    p.add_argument("--out", default=None, help="run directory (default: runs/sft-<preset>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint (its saved config; flags may change only "
-                   + ", ".join(SFT_MAY_CHANGE) + ")")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_flags(p, SFTConfig, "run")
-    return p
+    return run_parser(prog, "Fine-tune a base model on chat rows (supervised fine-tuning); every config field can be overridden.",
+                      SFT_PRESETS, "cpu-chat", "sft-<preset>", SFT_MAY_CHANGE, [(SFTConfig, "run")])
 
-def sft_config_from_dict(d:dict) -> SFTConfig:
-    "Rebuild an SFTConfig from its JSON form (as saved in run.json)."
-    try: return SFTConfig(**d)
-    except TypeError as e: raise CourseError(f"not an SFTConfig this version can read: {e}") from None
+sft_config_from_dict = config_reader(SFTConfig, "an SFTConfig")  # rebuilds an SFTConfig from its JSON form (as saved in run.json)
 
 def sft_config_from_args(args:argparse.Namespace) -> tuple[SFTConfig, Path]:
-    "The SFTConfig and run directory that parsed `sft` flags ask for."
-    cfg, out = preset_or_saved(args, SFT_PRESETS, sft_config_from_dict, f"sft-{args.preset}")
-    return dataclasses.replace(cfg, **given_flags(args, SFTConfig)), out
+    "The SFTConfig and run directory that parsed `sft` flags ask for: the preset's or the saved config, each flag given put in its place."
+    return config_from_flags(args, SFT_PRESETS, sft_config_from_dict, f"sft-{args.preset}")
 
 # %% ../nbs/10e_cli_finetune.ipynb #6da59c69
 def cli_sft(argv:list[str], prog:str="chatgpt-course sft") -> int:
     "`chatgpt-course sft --base RUN --data FILE.jsonl --out DIR [--heldout FILE.jsonl] [--resume] [--any-config-field value]`"
-    args = sft_parser(prog).parse_args(argv)
-    cfg, out = sft_config_from_args(args)
-    res = sft(cfg, out, resume=args.resume, progress=False if args.no_progress else None, say=lambda msg: print(msg, file=sys.stderr))
-    if int(os.environ.get("RANK", "0")) == 0:
+    def report(res, out):
         figs = "".join(f", {k} {res[k]:.4f}" for k in ("val_loss", "val_bpb", "text_bpb") if k in res)
-        print(f"done at step {res['step']}{figs}\ncheckpoint: {latest_checkpoint(out)}\nlog: {out}/log.jsonl\n"
-              f"chat with: chatgpt-course chat --checkpoint {out} --prompt 'What is 23 plus 19?'")
-    return 0
+        return (f"done at step {res['step']}{figs}\ncheckpoint: {latest_checkpoint(out)}\nlog: {out}/log.jsonl\n"
+                f"chat with: chatgpt-course chat --checkpoint {out} --prompt 'What is 23 plus 19?'")
+    return run_command(sft_parser(prog).parse_args(argv), sft_config_from_args, sft, report)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .core import CourseError, precision_for
-from .files import iter_jsonl, write_json
+from .files import iter_jsonl
 from .chat_data import validate_chat, make_chat_dataset, score_reply
 from .safety_data import safety_chat_rows
 from .tokenizer import render_chat, load_tokenizer, gpt2_tokenizer, SPECIAL_TOKENS
@@ -23,7 +23,7 @@ from .model import GPT, load_hf, flops_per_token
 from .batches import open_token_file, token_byte_lengths, bits_per_byte
 from .optim import IGNORE_INDEX, lm_objective
 from .checkpoint import load_trained
-from .train import fit, setup_distributed, check_run_dir, evaluate as evaluate_text, plot_run, RESUME_MAY_CHANGE
+from .train import fit, run_job, check_run_dir, write_run_record, evaluate as evaluate_text, plot_run, RESUME_MAY_CHANGE
 from .engine import Engine, SamplingParams
 from .lora import add_lora, check_lora_start, finish_lora_run
 
@@ -335,9 +335,9 @@ def _sft_eval(cfg:SFTConfig, tok, heldout:ChatExamples|None, val_tf, prec) -> Ca
 SFT_MAY_CHANGE = RESUME_MAY_CHANGE + ("eval_rows",)  # a resumed run may change these, and nothing else
 
 # %% ../nbs/06a_sft.ipynb #3fb17199
-def _prepare(cfg:SFTConfig, out:Path, dist, resume:bool) -> tuple:
+def _prepare(cfg:SFTConfig, out:Path, resume:bool) -> tuple:
     "Everything a run needs, checked before anything is written: (checkpoint to resume, model, tokenizer, its spec, chats, held-out chats, text files)."
-    ckpt = check_run_dir(out, asdict(cfg), resume, SFT_MAY_CHANGE)
+    ckpt = check_run_dir(out, cfg, resume, SFT_MAY_CHANGE)  # a field an older run.json lacks counts as its default
     model, tok, tok_spec = load_base(cfg.base)
     if cfg.lora_rank: add_lora(check_lora_start(model, tok, ckpt), cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed)  # 06e: the base frozen, adapters to train
     if cfg.seq_len > model.config.block_size:
@@ -347,24 +347,15 @@ def _prepare(cfg:SFTConfig, out:Path, dist, resume:bool) -> tuple:
     heldout = load_chats(cfg.heldout, tok, cfg.seq_len + 1, (max(cfg.synthetic_rows // 10, 1), "heldout"), cfg.safety_share) if cfg.heldout else None
     return ckpt, model, tok, tok_spec, chats, heldout, train_tf, val_tf
 
-def _write_run(out:Path, cfg:SFTConfig, model, tok, tok_spec:str, chats:ChatExamples):
-    "A new run's record: its config, the model's shape, the tokenizer (saved beside the checkpoints unless it is GPT-2's) and the data."
-    if tok_spec == "tokenizer": tok.save(out / "tokenizer")
-    write_json(out / "run.json", {"config": asdict(cfg), "model": asdict(model.config), "tokenizer": tok_spec, "data": chats.summary()})
-
 # %% ../nbs/06a_sft.ipynb #a6fffca1
 def sft(cfg:SFTConfig, # what to fine-tune, on what, and how
         out:str|Path, # the run directory: config, tokenizer, log, plots, checkpoints (loadable by load_trained)
         resume:bool=False, progress:bool|None=None, say:Callable|None=None, plots:bool=True, before_step=None) -> dict:
     "Supervised fine-tuning on chat rows: the shared loop `fit` with the language-model objective on masked targets."
     out = Path(out); check_sft_config(cfg)
-    if cfg.threads: torch.set_num_threads(cfg.threads)
-    if cfg.deterministic: torch.use_deterministic_algorithms(True)
-    dist = setup_distributed(cfg.device)
-    try:
-        ckpt, model, tok, tok_spec, chats, heldout, train_tf, val_tf = _prepare(cfg, out, dist, resume)
-        if dist.world > 1: torch.distributed.barrier()
-        if dist.lead and ckpt is None: _write_run(out, cfg, model, tok, tok_spec, chats)
+    with run_job(cfg) as dist:
+        ckpt, model, tok, tok_spec, chats, heldout, train_tf, val_tf = _prepare(cfg, out, resume)
+        write_run_record(out, dist, ckpt, {"config": asdict(cfg), "model": asdict(model.config), "tokenizer": tok_spec, "data": chats.summary()}, tok, tok_spec)
         torch.manual_seed(cfg.seed + dist.rank)  # dropout's stream; the weights come from the base
         loader = ChatBatches(chats, cfg.batch_size, cfg.accum, cfg.seed, dist.rank, dist.world, dist.device, cfg.pack, cfg.seq_len + 1,
                              train_tf.tokens if train_tf is not None else None, cfg.mix_rows, pad_id=tok.eot_id)
@@ -378,8 +369,6 @@ def sft(cfg:SFTConfig, # what to fine-tune, on what, and how
                   tokens_per_step=round((cfg.batch_size + cfg.mix_rows) * cfg.accum * dist.world * mean_len), flops_per_token=flops_per_token(model.config, round(mean_len)),
                   norm_hint=cfg.batch_size * learned, progress=progress, say=say, name="sft", before_step=before_step)
         if dist.lead and cfg.lora_rank: finish_lora_run(out, model, cfg.base, cfg.keep_checkpoints)  # 06e: adapter/, and the last checkpoint merged
-    finally:
-        if dist.world > 1 and torch.distributed.is_initialized(): torch.distributed.destroy_process_group()
     if dist.lead and plots and heldout is not None:
         try: plot_run(out / "log.jsonl", out)
         except CourseError: pass

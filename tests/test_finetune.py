@@ -1,18 +1,19 @@
 """Supervised fine-tuning end to end, through the command line where a user would use it: the loss mask of multi-turn
 rows, a micro-batch with nothing to learn, SFT killed with SIGKILL and resumed (bitwise identical to an uninterrupted
-run), every bad input refused with a one-line message that names the file, the row and the problem (and nothing
-written), conversations longer than the context cut by whole exchanges, a start from GPT-2 weights in Hugging Face
-format (a small random GPT-2 saved locally, never downloaded), and `chat` answering from the fine-tuned model.
-`--data synthetic` with a `safety_share`: that share of 01d's safety chats, at seeded places (the same every time),
-for training and held-out rows alike; a file's rows used as they are; a share outside [0, 1) refused in one line.
+run, and so is one whose run.json predates the LoRA and safety fields), every bad input refused with a one-line
+message that names the file, the row and the problem (and nothing written), conversations longer than the context
+cut by whole exchanges, a start from GPT-2 weights in Hugging Face format (a small random GPT-2 saved locally, never
+downloaded), and `chat` answering from the fine-tuned model. `--data synthetic` with a `safety_share`: that share of
+01d's safety chats, at seeded places (the same every time), for training and held-out rows alike; a file's rows used
+as they are; a share outside [0, 1) refused in one line.
 All runs are tiny CPU models."""
-import json, math, os, signal, subprocess, sys
+import json, math
 
 import pytest
 import torch
 
 from chatgpt_course.chat_data import make_chat_dataset
-from chatgpt_course.checkpoint import latest_checkpoint, load_trained
+from chatgpt_course.checkpoint import load_trained
 from chatgpt_course.files import write_jsonl
 from chatgpt_course.core import CourseError
 from chatgpt_course.finetune import ChatBatches, SFTConfig, check_sft_config, encode_chats, load_chats, pad_batch, synthetic_chats
@@ -21,29 +22,21 @@ from chatgpt_course.optim import IGNORE_INDEX, make_optimizer, train_step
 from chatgpt_course.core import precision_for
 from chatgpt_course.safety_data import safety_chat_rows
 from chatgpt_course.tokenizer import gpt2_tokenizer
-from _cli import kill_after_checkpoint, train_losses  # tests/_cli.py
+from _cli import course as cli, in_process, killed_and_resumed, refused, tiny_base, tiny_base_flags, train_losses  # tests/_cli.py
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-RUN_CLI = "import sys; from chatgpt_course.cli import main; sys.exit(main())"
-TINY_BASE = ["--preset", "cpu-tiny", "--tokenizer", "bpe:300", "--vocab-size", "320", "--n-layer", "2", "--n-embd", "32", "--n-head", "2",
-             "--block-size", "128", "--seq-len", "64", "--batch-size", "4", "--max-steps", "4", "--warmup-steps", "1", "--eval-tokens", "256",
-             "--sample-tokens", "0", "--threads", "1", "--no-progress"]
 TINY_SFT = ["--seq-len", "128", "--batch-size", "4", "--warmup-steps", "2", "--eval-rows", "16", "--eval-tokens", "256", "--threads", "1", "--no-progress"]
-
-def cli(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", RUN_CLI, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=600, **kw)
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     "A tiny base run with the chat tokens, a chat file and a held-out chat file."
     d = tmp_path_factory.mktemp("sft")
-    r = cli("pretrain", *TINY_BASE, "--out", d / "base"); assert r.returncode == 0, r.stderr
+    tiny_base(d / "base", n_layer=2, max_steps=4)
     write_jsonl(make_chat_dataset(64, seed=0), d / "chat.jsonl")
     write_jsonl(make_chat_dataset(16, seed=0, split="heldout"), d / "heldout.jsonl")
     return d
 
 def sft_flags(work, out, *more):
-    return ["sft", "--base", work / "base", "--data", work / "chat.jsonl", "--heldout", work / "heldout.jsonl", "--out", out, *TINY_SFT, *more]
+    return ["sft", "--base", work / "base", "--data", work / "chat.jsonl", "--heldout", work / "heldout.jsonl", *(["--out", out] if out else []), *TINY_SFT, *more]
 
 # ---- the loss mask
 
@@ -125,15 +118,21 @@ def test_a_bad_safety_share_is_refused_in_one_line(tmp_path, share):
 
 def test_sigkill_then_resume_is_bitwise_identical(work, tmp_path):
     flags = ["--max-steps", "24", "--ckpt-every", "4", "--eval-every", "8", "--mix-rows", "1"]
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    r = cli(*sft_flags(work, straight, *flags)); assert r.returncode == 0, r.stderr
-    rc = kill_after_checkpoint(sft_flags(work, killed, *flags), "ckpt-00000008", ENV)
-    assert rc == -signal.SIGKILL, "the run finished before it could be killed"
-    assert 8 <= int(latest_checkpoint(killed).name[5:]) < 24
-    r = cli("sft", "--out", killed, "--resume", "--no-progress"); assert r.returncode == 0, r.stderr
-    a, b = latest_checkpoint(straight), latest_checkpoint(killed)
-    assert a.name == b.name == "ckpt-00000024"
-    for f in ("model.safetensors", "optimizer.pt"): assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    straight, killed, _ = killed_and_resumed(sft_flags(work, None, *flags), tmp_path, 8, 24)
+    for f in ("model.safetensors", "optimizer.pt"):
+        assert (straight / "ckpt-00000024" / f).read_bytes() == (killed / "ckpt-00000024" / f).read_bytes(), f
+    assert train_losses(straight) == train_losses(killed)
+
+def test_an_sft_run_saved_before_the_lora_and_safety_fields_still_resumes(work, tmp_path):
+    "A run.json from before lora_rank, lora_alpha and safety_share: `sft --resume` reads them as their defaults and finishes the run."
+    def as_saved_before(killed):
+        rec = json.loads((killed / "run.json").read_text())
+        for k in ("lora_rank", "lora_alpha", "safety_share"): del rec["config"][k]
+        (killed / "run.json").write_text(json.dumps(rec))
+    flags = ["--max-steps", "16", "--ckpt-every", "4", "--eval-every", "8"]
+    straight, killed, _ = killed_and_resumed(sft_flags(work, None, *flags), tmp_path, 4, 16, after_kill=as_saved_before)
+    assert "lora_rank" not in json.loads((killed / "run.json").read_text())["config"]  # the resumed run kept the old record
+    assert (straight / "ckpt-00000016" / "model.safetensors").read_bytes() == (killed / "ckpt-00000016" / "model.safetensors").read_bytes()
     assert train_losses(straight) == train_losses(killed)
 
 def test_sft_then_chat_answers_from_the_fine_tuned_model(work, tmp_path):
@@ -157,37 +156,30 @@ BAD_ROWS = {
     "no assistant turn": ({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]}, "end with the assistant"),
 }
 
-def refused(r, out, *needles):
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    msg = r.stderr.strip().splitlines()
-    assert len(msg) == 1 and msg[0].startswith("chatgpt-course sft: error:"), r.stderr
-    assert all(n in msg[0] for n in needles), (needles, msg[0])
-    assert not out.exists(), "a refused run wrote its directory"
-
 @pytest.mark.parametrize("case", BAD_ROWS)
-def test_chat_rows_that_fail_validation(work, tmp_path, case):
+def test_chat_rows_that_fail_validation(work, tmp_path, capsys, case):
     row, problem = BAD_ROWS[case]
     f = tmp_path / "bad.jsonl"; write_jsonl([GOOD, GOOD, row, GOOD], f)
     out = tmp_path / "out"
-    refused(cli("sft", "--base", work / "base", "--data", f, "--out", out, *TINY_SFT), out, str(f), "row 3", problem)
+    refused(in_process(capsys, "sft", "--base", work / "base", "--data", f, "--out", out, *TINY_SFT), out, str(f), "row 3", problem)
 
-def test_a_bad_safety_share_on_the_command_line(work, tmp_path):
+def test_a_bad_safety_share_on_the_command_line(work, tmp_path, capsys):
     out = tmp_path / "out"
-    refused(cli("sft", "--base", work / "base", "--data", "synthetic", "--safety-share", "1", "--out", out, *TINY_SFT), out, "--safety-share", "got 1.0")
+    refused(in_process(capsys, "sft", "--base", work / "base", "--data", "synthetic", "--safety-share", "1", "--out", out, *TINY_SFT), out, "--safety-share", "got 1.0")
 
-def test_a_base_without_the_chat_tokens(work, tmp_path):
+def test_a_base_without_the_chat_tokens(work, tmp_path, capsys):
     char = tmp_path / "char"
-    r = cli("pretrain", *TINY_BASE, "--tokenizer", "char", "--vocab-size", "66", "--max-steps", "1", "--out", char); assert r.returncode == 0, r.stderr
+    r = cli("pretrain", *tiny_base_flags(n_layer=2, max_steps=1), "--tokenizer", "char", "--vocab-size", "66", "--out", char); assert r.returncode == 0, r.stderr
     out = tmp_path / "out"
-    refused(cli("sft", "--base", char, "--data", work / "chat.jsonl", "--out", out, *TINY_SFT), out, str(char), "no chat tokens")
+    refused(in_process(capsys, "sft", "--base", char, "--data", work / "chat.jsonl", "--out", out, *TINY_SFT), out, str(char), "no chat tokens")
 
-def test_pretraining_tokens_from_another_tokenizer(work, tmp_path):
+def test_pretraining_tokens_from_another_tokenizer(work, tmp_path, capsys):
     other = tmp_path / "other"  # the same recipe with a bigger vocabulary: other merges, other ids
-    r = cli("pretrain", *TINY_BASE, "--tokenizer", "bpe:310", "--max-steps", "1", "--out", other); assert r.returncode == 0, r.stderr
+    r = cli("pretrain", *tiny_base_flags(n_layer=2, max_steps=1), "--tokenizer", "bpe:310", "--out", other); assert r.returncode == 0, r.stderr
     out = tmp_path / "out"
-    refused(cli(*sft_flags(work, out, "--text-tokens", other / "data")), out, str(other / "data" / "train.bin"), "differs from the base model's tokenizer")
+    refused(in_process(capsys, *sft_flags(work, out, "--text-tokens", other / "data")), out, str(other / "data" / "train.bin"), "differs from the base model's tokenizer")
 
-def test_long_conversations_are_cut_by_whole_exchanges(work, tmp_path):
+def test_long_conversations_are_cut_by_whole_exchanges(work, tmp_path, capsys):
     long = {"messages": [{"role": "system", "content": "Be brief."}] + [m for k in range(12) for m in
             ({"role": "user", "content": f"Question number {k}, asked at some length to take room?"}, {"role": "assistant", "content": f"Answer {k}."})]}
     f = tmp_path / "long.jsonl"; write_jsonl([GOOD] * 3 + [long], f)
@@ -197,7 +189,7 @@ def test_long_conversations_are_cut_by_whole_exchanges(work, tmp_path):
     assert "4 conversations, 4 kept; 1 cut to fit" in r.stderr, r.stderr
     huge = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
     f2 = tmp_path / "huge.jsonl"; write_jsonl([huge], f2); out2 = tmp_path / "out2"
-    refused(cli("sft", "--base", work / "base", "--data", f2, "--heldout", "", "--out", out2, *TINY_SFT, "--seq-len", "64"), out2, str(f2), "fits in 65 tokens")
+    refused(in_process(capsys, "sft", "--base", work / "base", "--data", f2, "--heldout", "", "--out", out2, *TINY_SFT, "--seq-len", "64"), out2, str(f2), "fits in 65 tokens")
 
 def test_a_start_from_gpt2_weights_in_hugging_face_format(work, tmp_path):
     transformers = pytest.importorskip("transformers")
