@@ -168,16 +168,21 @@ def _cmd_safety(a:argparse.Namespace) -> int:
     for row in rows[:a.show]: print(format_chat(row) if a.chat else f"  {row['label']}  {row['category']:14} {row['text']}")
     return 0
 
+def _generator_flags(p, n:int, what:str, out_help:str, split_help:str, seed_help:str, augment_help:str):
+    "The flags every generator subcommand shares: how many, where, which split, the seed, noise, samples, overwrite."
+    p.add_argument("--n", type=int, default=n, help=f"number of {what}")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--split", choices=["train", "heldout"], default="train", help=split_help)
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--no-augment", action="store_true", help=augment_help)
+    p.add_argument("--show", type=int, default=0, metavar="K", help=f"print K sample {what}")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+
 def _add_safety(sub):
     p = sub.add_parser("safety", help="write labelled safe and unsafe requests (or refusal chat rows) as JSONL")
-    p.add_argument("--n", type=int, default=4000, help="number of rows")
-    p.add_argument("--out", required=True, help="output .jsonl file")
-    p.add_argument("--split", choices=["train", "heldout"], default="train", help="train, or held-out templates never seen in train")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same rows)")
+    _generator_flags(p, 4000, "rows", "output .jsonl file", "train, or held-out templates never seen in train",
+                     "random seed (same seed, same rows)", "no surface noise (greetings, thanks, lower case)")
     p.add_argument("--chat", action="store_true", help="chat rows instead: unsafe requests refused, look-alikes answered (for fine-tuning)")
-    p.add_argument("--no-augment", action="store_true", help="no surface noise (greetings, thanks, lower case)")
-    p.add_argument("--show", type=int, default=0, metavar="K", help="print K sample rows")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.set_defaults(run=_cmd_safety)
 
 # %% ../nbs/10a_cli_data.ipynb #b7fcc1d7
@@ -197,14 +202,10 @@ def _cmd_pairs(a:argparse.Namespace) -> int:
 
 def _add_pairs(sub):
     p = sub.add_parser("pairs", help="write preference pairs (a chosen and a rejected reply to one conversation) as JSONL, for dpo")
-    p.add_argument("--n", type=int, default=4000, help="number of pairs")
-    p.add_argument("--out", required=True, help="output .jsonl file (the --pairs of chatgpt-course dpo)")
-    p.add_argument("--split", choices=["train", "heldout"], default="train", help="train, or held-out items and templates never seen in train")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same pairs)")
+    _generator_flags(p, 4000, "pairs", "output .jsonl file (the --pairs of chatgpt-course dpo)",
+                     "train, or held-out items and templates never seen in train", "random seed (same seed, same pairs)",
+                     "plain user turns: no wordings or surface noise")
     p.add_argument("--kinds", nargs="+", choices=list(PAIR_KINDS), default=list(PAIR_KINDS), help="the kinds of pair to make (default: all)")
-    p.add_argument("--no-augment", action="store_true", help="plain user turns: no wordings or surface noise")
-    p.add_argument("--show", type=int, default=0, metavar="K", help="print K sample pairs")
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.set_defaults(run=_cmd_pairs)
 
 # %% ../nbs/10a_cli_data.ipynb #4cd26638
