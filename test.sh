@@ -6,7 +6,7 @@
 #  4. nbdev_test passes (CPU; cells flagged slow or cuda are skipped),
 #  5. every notebook runs top to bottom in a plain Jupyter kernel, as JupyterLab's "Run All" does (CPU, test
 #     size; nbdev's flags unknown there, so cuda and slow cells must skip themselves: see 00_core),
-#  6. pytest tests/ passes, with the 15 slowest tests listed (printed last).
+#  6. pytest tests/ passes (two workers, a test file each, one thread each), with the 15 slowest tests listed (printed last).
 # Exits non-zero on the first failure.
 source "$(dirname "$0")/scripts/setup.sh"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
@@ -63,5 +63,6 @@ if ! ls nbs/*.ipynb | env -u MPLBACKEND CUDA_VISIBLE_DEVICES= CHATGPT_COURSE_SMA
   exit 1
 fi
 
-echo "== 6/6 pytest tests/"
-python -m pytest tests/ -q --durations=15
+echo "== 6/6 pytest tests/ (two workers)"
+# a file's tests stay on one worker, so its module fixtures (tiny models, checkpoints) are built once
+OMP_NUM_THREADS=1 python -m pytest tests/ -q -n 2 --dist loadfile --durations=15
