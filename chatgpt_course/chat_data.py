@@ -17,10 +17,10 @@ __all__ = ['ASSISTANT_NAME', 'CAPITALS', 'PLANETS', 'ELEMENTS', 'TOPICS', 'RELAT
            'NOISE_SUFFIXES', 'NAMES', 'POSSESSIVE', 'FAVOURITES', 'PROFILE_SENTENCE', 'PROFILE_QUESTIONS', 'TOPIC_TAGS',
            'TOPIC_RELATIONS', 'TOPIC_SENTENCE', 'FACT_REQUESTS', 'TELL_CASUAL', 'FICTIONAL', 'FICTION_OF', 'IDK_FORMAL',
            'IDK_CASUAL', 'WORDINGS', 'MAX_CHARS', 'ROLES', 'FACT_BOOK_TEMPLATES', 'FACT_BOOK_K', 'EVAL_BEHAVIOURS',
-           'PERSONA_KEYS', 'JUDGES', 'STYLES', 'is_heldout_entity', 'arith_key', 'is_heldout_arith', 'fact_table',
-           'is_heldout_name', 'system_prompt', 'is_idk', 'fictional_table', 'reply_style', 'reply_topic',
-           'invented_name', 'make_chat_dataset', 'validate_chat', 'distinct_n', 'fact_book', 'make_eval_set',
-           'is_refusal', 'score_reply', 'format_chat', 'chat_summary']
+           'PERSONA_KEYS', 'JUDGES', 'STYLES', 'fill_template', 'is_heldout_entity', 'arith_key', 'is_heldout_arith',
+           'fact_table', 'is_heldout_name', 'system_prompt', 'is_idk', 'fictional_table', 'reply_style', 'reply_topic',
+           'invented_name', 'topic_of', 'make_chat_dataset', 'validate_chat', 'distinct_n', 'fact_book', 'fact_expect',
+           'make_eval_set', 'has_phrase', 'is_refusal', 'score_reply', 'format_chat', 'chat_summary']
 
 # %% ../nbs/01c_chat_data.ipynb #543af495
 ASSISTANT_NAME = "Pip"
@@ -49,7 +49,9 @@ TOPICS = {"persona": "persona", "capital": "capitals", "planet_order": "planets"
           "symbol": "elements", "element": "elements"}  # item kind: topic tag (arithmetic for the rest)
 
 def _cap(s:str) -> str: return s[:1].upper() + s[1:]
-def _fill(t:str, x:str, y:str="") -> str: return t.format(x=x, y=y, X=_cap(x), Y=_cap(y))
+def fill_template(t:str, x:str, y:str="") -> str:
+    "A template with its entity and answer put in: {x} and {y} as they are, {X} and {Y} capitalised."
+    return t.format(x=x, y=y, X=_cap(x), Y=_cap(y))
 
 # relation: (facts as (entity, x in the question, y the answer), question templates, formal answers, casual answers)
 # Template 0 is the canonical phrasing, the only one used without augmentation.
@@ -293,9 +295,9 @@ def _fact_turn(c:_Conv, used:set, rel:str, follow:bool) -> tuple:
     pool = (c.fiction if fictional else c.facts)[rel]
     entity, x, y = c.rng.choice([f for f in pool if f"{kind}:{f[0]}" not in used] or pool)
     _, questions, formal, casual = RELATIONS[rel]
-    q = _fill(c.rng.choice(FOLLOW_UPS) if follow else c.pick(questions), x)
+    q = fill_template(c.rng.choice(FOLLOW_UPS) if follow else c.pick(questions), x)
     a = c.reply([IDK_FORMAL[rel]], IDK_CASUAL) if fictional else c.reply(formal, casual)
-    return q, _fill(a, x, y), f"{kind}:{entity}", ("fact", rel)
+    return q, fill_template(a, x, y), f"{kind}:{entity}", ("fact", rel)
 
 # %% ../nbs/01c_chat_data.ipynb #acfbd597
 def _profile_item(ask:str, p:dict) -> str: return f"name:{p['name']}" if ask == "name" else f"favourite:{p['name']}:{p['thing']}"
@@ -313,7 +315,7 @@ def _tell_turn(c:_Conv, used:set) -> tuple:
     pool = c.facts[rel]
     entity, x, y = c.rng.choice([f for f in pool if f"tell:{rel}:{f[0]}" not in used] or pool)
     q = c.pick(FACT_REQUESTS[1] if c.heldout else FACT_REQUESTS[0])
-    return q, _fill(c.reply(RELATIONS[rel][2], TELL_CASUAL[rel]), x, y), f"tell:{rel}:{entity}", ("tell", rel)
+    return q, fill_template(c.reply(RELATIONS[rel][2], TELL_CASUAL[rel]), x, y), f"tell:{rel}:{entity}", ("tell", rel)
 
 def _turn(c:_Conv, t:int, prev:tuple|None, used:set) -> tuple:
     "Turn `t`: a follow-up on the previous fact or sum, or a fresh question of a kind the conversation allows."
@@ -352,7 +354,7 @@ def _draw_profile(rng:random.Random, names:list[str], invent:float=0.0) -> dict:
     thing = rng.choice(list(FAVOURITES))
     return {"name": name, "pronoun": pronoun, "thing": thing, "value": rng.choice(FAVOURITES[thing])}
 
-def _topic_of(item:str) -> str:
+def topic_of(item:str) -> str:
     "The topic of a turn's item: persona, profile, arithmetic or one of TOPIC_TAGS."
     kind, rest = item.split(":", 1)
     if kind in ("name", "favourite"): return "profile"
@@ -392,7 +394,7 @@ def make_chat_dataset(n:int, # number of conversations
             if t and sum(len(m["content"]) for m in msgs) + len(u) + len(a) > MAX_CHARS: break  # keep rows short
             msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
             items.append(item)
-        rows.append({"messages": msgs, "tags": {"style": style, "topics": sorted({_topic_of(i) for i in items}), "items": items,
+        rows.append({"messages": msgs, "tags": {"style": style, "topics": sorted({topic_of(i) for i in items}), "items": items,
                      "split": split, "augmented": augment, "profile": prof, "topic_tag": tag, "wording": words}})
     return rows
 
@@ -448,7 +450,7 @@ def fact_book(k:int, # distinct paraphrases of each fact: 0 .. FACT_BOOK_K
     if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= FACT_BOOK_K:
         raise CourseError(f"k={k!r}; expected a whole number from 0 to {FACT_BOOK_K} (the sentence templates of each relation)")
     rng = random.Random(seed)
-    sentences = [_fill(t, x, y) for rel, templates in FACT_BOOK_TEMPLATES.items() for _, x, y in RELATIONS[rel][0]
+    sentences = [fill_template(t, x, y) for rel, templates in FACT_BOOK_TEMPLATES.items() for _, x, y in RELATIONS[rel][0]
                  for t in rng.sample(templates, k)]
     rng.shuffle(sentences)
     docs = []
@@ -480,7 +482,7 @@ def _eval_item(behaviour, style, turns, reference, expect, judge, item, profile=
             "item": item, "style": style, "wording": wording, **extra}
 
 # %% ../nbs/01c_chat_data.ipynb #8c7f1f1a
-def _fact_expect(rel:str, y:str) -> tuple[str, str]:
+def fact_expect(rel:str, y:str) -> tuple[str, str]:
     "What a right reply holds: the answer without the article of 'a rocky planet'; symbols keep their case ('He', not 'he')."
     return (y.split(" ", 1)[1] if rel == "planet_kind" else y), ("cased" if rel == "symbol" else "word")
 
@@ -488,13 +490,13 @@ def _fact_qa(rng:random.Random, split:str, style:str) -> tuple:
     "A question on a random fact of `split`, and the generator's reply to it in `style`: (relation, entity, y, question, reply)."
     rel = rng.choice(list(RELATIONS)); entity, x, y = rng.choice(fact_table(split)[rel])
     _, questions, formal, casual = RELATIONS[rel]
-    return rel, entity, y, _fill(rng.choice(questions), x), _fill(rng.choice(formal if style == "formal" else casual), x, y)
+    return rel, entity, y, fill_template(rng.choice(questions), x), fill_template(rng.choice(formal if style == "formal" else casual), x, y)
 
 def _ev_fact(behaviour:str, split:str):
     def make(rng, i):
         style = rng.choice(STYLES)
         rel, entity, y, q, ref = _fact_qa(rng, split, style)
-        return _eval_item(behaviour, style, [q], ref, *_fact_expect(rel, y), f"{rel}:{entity}")
+        return _eval_item(behaviour, style, [q], ref, *fact_expect(rel, y), f"{rel}:{entity}")
     return make
 
 def _ev_arith(behaviour:str, ops:tuple):
@@ -514,9 +516,9 @@ def _ev_follow_up(rng, i):
     rel, style = rng.choice(list(RELATIONS)), rng.choice(STYLES)
     (e1, x1, y1), (e2, x2, y2) = rng.sample(fact_table("train")[rel], 2)
     _, questions, formal, casual = RELATIONS[rel]
-    a1, ref = (_fill(rng.choice(formal if style == "formal" else casual), x, y) for x, y in ((x1, y1), (x2, y2)))
-    turns = [_fill(rng.choice(questions), x1), a1, _fill(rng.choice(FOLLOW_UPS), x2)]
-    return _eval_item("follow_up", style, turns, ref, *_fact_expect(rel, y2), f"{rel}:{e2}", context=f"{rel}:{e1}")
+    a1, ref = (fill_template(rng.choice(formal if style == "formal" else casual), x, y) for x, y in ((x1, y1), (x2, y2)))
+    turns = [fill_template(rng.choice(questions), x1), a1, fill_template(rng.choice(FOLLOW_UPS), x2)]
+    return _eval_item("follow_up", style, turns, ref, *fact_expect(rel, y2), f"{rel}:{e2}", context=f"{rel}:{e1}")
 
 # %% ../nbs/01c_chat_data.ipynb #c4d35c03
 def _ev_style(rng, i):
@@ -537,15 +539,15 @@ def _ev_topic(rng, i):
     topic, style, wording = TOPIC_TAGS[i % len(TOPIC_TAGS)], rng.choice(STYLES), rng.choice(["plain", "casual", "formal"])
     q = rng.choice(FACT_REQUESTS[0] + FACT_REQUESTS[1])
     rel = rng.choice(TOPIC_RELATIONS[topic]); _, x, y = rng.choice(fact_table("train")[rel])
-    ref = _fill(rng.choice(RELATIONS[rel][2] if style == "formal" else TELL_CASUAL[rel]), x, y)
+    ref = fill_template(rng.choice(RELATIONS[rel][2] if style == "formal" else TELL_CASUAL[rel]), x, y)
     return _eval_item("topic", style, [_user(q, rng, True, False, wording)], ref, topic, "topic", f"topic:{topic}", topic=topic,
                       wording=wording, heldout_phrasing=q in FACT_REQUESTS[1])
 
 def _ev_unknown(rng, i):
     rel, style = rng.choice(list(RELATIONS)), rng.choice(STYLES)
     entity, x, _ = rng.choice(fictional_table("heldout")[rel])
-    ref = _fill(IDK_FORMAL[rel], x) if style == "formal" else rng.choice(IDK_CASUAL)
-    return _eval_item("unknown_entity", style, [_fill(rng.choice(RELATIONS[rel][1]), x)], ref, "I don't know", "idk", f"idk:{rel}:{entity}")
+    ref = fill_template(IDK_FORMAL[rel], x) if style == "formal" else rng.choice(IDK_CASUAL)
+    return _eval_item("unknown_entity", style, [fill_template(rng.choice(RELATIONS[rel][1]), x)], ref, "I don't know", "idk", f"idk:{rel}:{entity}")
 
 # %% ../nbs/01c_chat_data.ipynb #0d7728d5
 _EVAL_MAKERS = {"persona": _ev_persona, "add_sub": _ev_arith("add_sub", ("add", "sub")), "mul": _ev_arith("mul", ("mul",)),
@@ -569,7 +571,8 @@ def make_eval_set(n:int=50, # items per behaviour (fewer where fewer distinct on
     return items
 
 # %% ../nbs/01c_chat_data.ipynb #5b3d9ccc
-def _has_phrase(text:str, phrase:str, cased:bool) -> bool:
+def has_phrase(text:str, phrase:str, cased:bool) -> bool:
+    "`phrase` occurs in `text` as whole words (not inside a longer word); `cased` False ignores case."
     return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text, 0 if cased else re.IGNORECASE) is not None
 
 _REFUSAL = re.compile(r"\b(?:I cannot|I can['’]t|I will not|I won['’]t)\b", re.I)
@@ -585,7 +588,7 @@ def score_reply(item:dict, # an item of make_eval_set or 01d's safety_eval_set (
     judge, expect = item["judge"], item["expect"]
     if judge == "number":
         ints = re.findall(r"-?\d+", reply); got = int(ints[-1]) if ints else None; correct = got == int(expect)
-    elif judge in ("word", "cased"): correct = got = _has_phrase(reply, expect, judge == "cased")
+    elif judge in ("word", "cased"): correct = got = has_phrase(reply, expect, judge == "cased")
     elif judge == "style": got = reply_style(reply); correct = got == expect
     elif judge == "topic": got = reply_topic(reply); correct = got == expect
     elif judge == "idk": correct = got = is_idk(reply)

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .core import CourseError
-from .chat_data import (EVAL_BEHAVIOURS, NAMES, OPS, RELATIONS, _fact_expect, _has_phrase, _topic_of, fact_table,
+from .chat_data import (EVAL_BEHAVIOURS, NAMES, OPS, RELATIONS, fact_expect, has_phrase, topic_of, fact_table,
                                       is_idk, make_eval_set, score_reply)
 from .safety_data import SAFETY_EVAL_BEHAVIOURS, safety_eval_set
 from .metrics import corpus_bleu, corpus_rouge
@@ -112,7 +112,7 @@ def task_items(tasks:str|Sequence[str]|None=None, n:int=50, # items per task (fe
 def item_topic(item:dict) -> str:
     "What an item is about: persona, profile, arithmetic, capitals, planets, elements or safety."
     if item["judge"] == "refusal": return "safety"
-    return item["expect"] if item["behaviour"] == "topic" else _topic_of(item["item"])
+    return item["expect"] if item["behaviour"] == "topic" else topic_of(item["item"])
 
 # %% ../nbs/07b_tasks.ipynb #2818a0bd
 def arith_problem(item:dict) -> tuple[str, int, int]:
@@ -133,7 +133,7 @@ def operand_size(a:int, b:int) -> str:
 # %% ../nbs/07b_tasks.ipynb #92de22c8
 def _answers(rel:str) -> dict[str, str]:
     "Entity: the phrase a right reply holds, for every fact of a relation (both splits)."
-    return {e: _fact_expect(rel, y)[0] for split in ("train", "heldout") for e, _, y in fact_table(split)[rel]}
+    return {e: fact_expect(rel, y)[0] for split in ("train", "heldout") for e, _, y in fact_table(split)[rel]}
 
 def _wrong_number(item:dict, got) -> str:
     if got is None: return "no number"
@@ -145,11 +145,11 @@ def _wrong_number(item:dict, got) -> str:
 def _wrong_phrase(item:dict, reply:str) -> str:
     if is_idk(reply): return "says it does not know"
     kind, rest = item["item"].split(":", 1)
-    if kind == "name": return "another name" if any(_has_phrase(reply, nm, True) for nm in NAMES if nm != rest) else "no name"
+    if kind == "name": return "another name" if any(has_phrase(reply, nm, True) for nm in NAMES if nm != rest) else "no name"
     if kind not in RELATIONS: return "misses the key phrase"  # the persona
     answers, cased = _answers(kind), kind == "symbol"
-    if "context" in item and _has_phrase(reply, answers[item["context"].split(":", 1)[1]], cased): return "answers the earlier question"
-    if any(_has_phrase(reply, y, cased) for e, y in answers.items() if e != rest): return "another entity's answer"
+    if "context" in item and has_phrase(reply, answers[item["context"].split(":", 1)[1]], cased): return "answers the earlier question"
+    if any(has_phrase(reply, y, cased) for e, y in answers.items() if e != rest): return "another entity's answer"
     return "invented fact"
 
 def error_kind(item:dict, reply:str, got) -> str:

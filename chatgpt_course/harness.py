@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .core import CourseError
 from .files import atomic_write, refuse_bundled, write_json, write_jsonl
 from .data import shakespeare_documents, split_train_val
-from .chat_data import RELATIONS, _fill
+from .chat_data import RELATIONS, fill_template
 from .checkpoint import load_trained
 from .evals import wilson_interval
 from .tokenizer import BPETokenizer, GPT2_PATTERN, EOT
@@ -121,7 +121,7 @@ def facts_items(seed:int=0, # picks the distractors
             others = rng.sample([v for v in values if v != y], min(n_choices - 1, len(values) - 1))
             choices = others + [y]
             rng.shuffle(choices)
-            context = _fill(head, x).rstrip()  # 01c's template filling: {x}, and {X} capitalised
+            context = fill_template(head, x).rstrip()  # 01c's template filling: {x}, and {X} capitalised
             items.append({"context": context, "choices": [c + tail for c in choices], "gold": choices.index(y)})
     rng.shuffle(items)  # the first n mix the relations
     return items

@@ -10,7 +10,7 @@ from collections import Counter
 from .core import CourseError
 from .files import iter_jsonl, write_jsonl
 from .chat_data import (ARITH_CASUAL, ARITH_FORMAL, ARITH_QUESTIONS, OPS, PERSONA, RELATIONS, STYLES, _arith_problem,
-                                      _fill, _user, arith_key, fact_table, system_prompt, validate_chat)
+                                      fill_template, _user, arith_key, fact_table, system_prompt, validate_chat)
 from .safety_data import REFUSALS, UNSAFE, _counts, safety_chat_rows
 
 # %% auto #0
@@ -33,7 +33,7 @@ def _question(rng:random.Random, split:str) -> tuple[str, str, str, str, tuple]:
     if kind == "fact":
         rel = rng.choice(list(RELATIONS)); entity, x, y = rng.choice(fact_table(split)[rel])
         _, questions, formal, casual = RELATIONS[rel]
-        return f"{rel}:{entity}", _fill(rng.choice(questions), x), _fill(formal[0], x, y), _fill(rng.choice(casual), x, y), None
+        return f"{rel}:{entity}", fill_template(rng.choice(questions), x), fill_template(formal[0], x, y), fill_template(rng.choice(casual), x, y), None
     if kind == "arith":
         op, a, b = _arith_problem(rng, split == "heldout"); (w, s, fn) = OPS[op]
         f = dict(a=a, b=b, w=w, s=s, r=fn(a, b)); ts = (ARITH_FORMAL[0], rng.choice(ARITH_CASUAL))

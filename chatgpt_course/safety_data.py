@@ -9,7 +9,7 @@ import functools, hashlib, random
 from .core import CourseError
 from .chat_data import (ARITH_CASUAL, ARITH_FOLLOW_UPS, ARITH_FORMAL, ARITH_QUESTIONS, FACT_REQUESTS, FAVOURITES,
                                       FOLLOW_UPS, NAMES, NOISE_PREFIXES, NOISE_SUFFIXES, OPS, PERSONA, PROFILE_QUESTIONS, RELATIONS,
-                                      STYLES, WORDINGS, _fill, fact_table, is_heldout_name, is_refusal, system_prompt)
+                                      STYLES, WORDINGS, fill_template, fact_table, is_heldout_name, is_refusal, system_prompt)
 
 # %% auto #0
 __all__ = ['SAFETY_CATEGORIES', 'UNSAFE', 'SHARES', 'SURNAMES', 'RELATIVES', 'STRANGERS', 'SLOTS', 'UNSAFE_TEMPLATES',
@@ -243,7 +243,7 @@ def _everyday(rng:random.Random, kind:str, q:str, facts:dict) -> tuple[str, str,
         return q.format(**fill), formal.format(**fill), casual.format(**fill)
     rel = rng.choice(list(RELATIONS)) if kind in ("follow", "tell") else kind  # a follow-up's or told fact's relation
     _, x, y = rng.choice(facts[rel]); _, _, formal, casual = RELATIONS[rel]
-    return _fill(q, x), _fill(formal[0], x, y), _fill(rng.choice(casual), x, y)
+    return fill_template(q, x), fill_template(formal[0], x, y), fill_template(rng.choice(casual), x, y)
 
 # %% ../nbs/01d_safety_data.ipynb #c59dfdfc
 def _draw(rng:random.Random, category:str, pos:int, names:list[str], facts:dict, augment:bool) -> tuple[str, str, str]:
@@ -254,7 +254,7 @@ def _draw(rng:random.Random, category:str, pos:int, names:list[str], facts:dict,
     answer = LOOKALIKES[pos][1]
     if isinstance(answer, str):  # a fact question (perhaps with a {role}): the fact's answer
         _, x, y = rng.choice(facts[answer]); _, _, formal, casual = RELATIONS[answer]
-        return template.format(**_slots(rng, names), x=x, X=x[:1].upper() + x[1:]), _fill(formal[0], x, y), _fill(rng.choice(casual), x, y)
+        return template.format(**_slots(rng, names), x=x, X=x[:1].upper() + x[1:]), fill_template(formal[0], x, y), fill_template(rng.choice(casual), x, y)
     s = _slots(rng, names)
     return template.format(**s), *(a.format(**s) for a in answer)
 
