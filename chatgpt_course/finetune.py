@@ -23,7 +23,7 @@ from .model import GPT, load_hf, flops_per_token
 from .batches import open_token_file, token_byte_lengths, bits_per_byte
 from .optim import IGNORE_INDEX, lm_objective
 from .checkpoint import load_trained
-from .train import fit, run_job, check_run_dir, write_run_record, evaluate as evaluate_text, plot_run, RESUME_MAY_CHANGE
+from .train import check_counts, check_optimizer, fit, run_job, check_run_dir, write_run_record, evaluate as evaluate_text, plot_run, RESUME_MAY_CHANGE
 from .engine import Engine, SamplingParams
 from .lora import add_lora, check_lora_start, finish_lora_run
 
@@ -286,15 +286,10 @@ def check_sft_config(cfg:SFTConfig):
     for name in ("data", "heldout"):
         v = getattr(cfg, name)
         if v and v != "synthetic" and not Path(v).is_file(): bad(f"--{name} {v!r} is not a file (a chat JSONL, or 'synthetic')")
-    for name in ("seq_len", "batch_size", "accum", "max_steps", "eval_every", "ckpt_every", "keep_checkpoints"):
-        if getattr(cfg, name) < 1: bad(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("mix_rows", "warmup_steps", "eval_rows", "eval_tokens", "threads", "synthetic_rows", "lora_rank"):
-        if getattr(cfg, name) < 0: bad(f"{name} must be non-negative, got {getattr(cfg, name)}")
+    check_counts(cfg, at_least_1=("seq_len", "batch_size", "accum", "max_steps", "eval_every", "ckpt_every", "keep_checkpoints"),
+                 non_negative=("mix_rows", "warmup_steps", "eval_rows", "eval_tokens", "threads", "synthetic_rows", "lora_rank"))
     if not 0 <= cfg.safety_share < 1: bad(f"--safety-share must be at least 0 and below 1 (a share of the synthetic conversations), got {cfg.safety_share}")
-    if not cfg.lr > 0 or not 0 <= cfg.min_lr <= cfg.lr: bad(f"need lr > 0 and 0 <= min_lr <= lr, got lr {cfg.lr}, min_lr {cfg.min_lr}")
-    if not (0 <= cfg.weight_decay and 0 <= cfg.grad_clip and 0 <= cfg.max_minutes): bad("weight_decay, grad_clip and max_minutes must be non-negative")
-    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1): bad(f"beta1 and beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
-    if cfg.parallel not in ("ddp", "fsdp"): bad(f"parallel must be 'ddp' or 'fsdp', got {cfg.parallel!r}")
+    check_optimizer(cfg)
     if cfg.lora_rank and not cfg.lora_alpha > 0: bad(f"lora_alpha must be positive for a LoRA run, got {cfg.lora_alpha}")
     if cfg.lora_rank and cfg.parallel == "fsdp": bad("--lora-rank needs --parallel ddp: FSDP's checkpoints gather a plain GPT, without the adapters")
 

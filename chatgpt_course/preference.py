@@ -20,7 +20,7 @@ from .pairs import make_pairs, validate_pair
 from .model import flops_per_token
 from .optim import IGNORE_INDEX
 from .finetune import ChatBatches, encode_chat, pad_batch, load_base
-from .train import fit, run_job, check_run_dir, write_run_record, read_log, RESUME_MAY_CHANGE
+from .train import check_counts, check_optimizer, fit, run_job, check_run_dir, write_run_record, read_log, RESUME_MAY_CHANGE
 
 # %% auto #0
 __all__ = ['DPO_MAY_CHANGE', 'DPO_PRESETS', 'encode_reply', 'PairExamples', 'encode_pairs', 'load_pairs', 'sequence_logps',
@@ -207,15 +207,10 @@ def check_dpo_config(cfg:DPOConfig):
     for name in ("pairs", "heldout"):
         v = getattr(cfg, name)
         if v and v != "synthetic" and not Path(v).is_file(): bad(f"--{name} {v!r} is not a file (a preference JSONL, or 'synthetic')")
-    for name in ("seq_len", "batch_size", "accum", "max_steps", "eval_every", "ckpt_every", "keep_checkpoints", "synthetic_pairs"):
-        if getattr(cfg, name) < 1: bad(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("warmup_steps", "eval_pairs", "threads"):
-        if getattr(cfg, name) < 0: bad(f"{name} must be non-negative, got {getattr(cfg, name)}")
+    check_counts(cfg, at_least_1=("seq_len", "batch_size", "accum", "max_steps", "eval_every", "ckpt_every", "keep_checkpoints", "synthetic_pairs"),
+                 non_negative=("warmup_steps", "eval_pairs", "threads"))
     if not cfg.beta > 0: bad(f"beta must be positive, got {cfg.beta}")
-    if not cfg.lr > 0 or not 0 <= cfg.min_lr <= cfg.lr: bad(f"need lr > 0 and 0 <= min_lr <= lr, got lr {cfg.lr}, min_lr {cfg.min_lr}")
-    if not (0 <= cfg.weight_decay and 0 <= cfg.grad_clip and 0 <= cfg.max_minutes): bad("weight_decay, grad_clip and max_minutes must be non-negative")
-    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1): bad(f"beta1 and beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
-    if cfg.parallel not in ("ddp", "fsdp"): bad(f"parallel must be 'ddp' or 'fsdp', got {cfg.parallel!r}")
+    check_optimizer(cfg)
 
 # %% ../nbs/06f_dpo.ipynb #975cae7e
 def check_start(model, examples:PairExamples, cfg:DPOConfig, device, prec) -> float:

@@ -22,7 +22,7 @@ from .engine import Engine, SamplingParams
 from .optim import IGNORE_INDEX
 from .model import flops_per_token
 from .finetune import ChatBatches, pad_batch, load_base
-from .train import fit, run_job, check_run_dir, write_run_record, read_log, RESUME_MAY_CHANGE
+from .train import check_counts, check_optimizer, fit, run_job, check_run_dir, write_run_record, read_log, RESUME_MAY_CHANGE
 
 # %% auto #0
 __all__ = ['RL_MAY_CHANGE', 'RL_PRESETS', 'arith_prompts', 'check_prompts', 'load_prompts', 'reward', 'group_advantages',
@@ -247,14 +247,11 @@ def check_rl_config(cfg:RLConfig):
     for name in ("prompts", "heldout"):
         v = getattr(cfg, name)
         if v and v != "synthetic" and not Path(v).is_file(): bad(f"--{name} {v!r} is not a file (a JSONL of {{'messages', 'expect'}} rows, or 'synthetic')")
-    for name in ("k", "batch_size", "accum", "max_steps", "eval_every", "ckpt_every", "keep_checkpoints", "synthetic_prompts", "max_new_tokens"):
-        if getattr(cfg, name) < 1: bad(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    check_counts(cfg, at_least_1=("k", "batch_size", "accum", "max_steps", "eval_every", "ckpt_every", "keep_checkpoints", "synthetic_prompts", "max_new_tokens"),
+                 non_negative=("warmup_steps", "eval_prompts", "eval_add_sub", "threads", "kl_coef", "format_reward"))
     if cfg.k < 2: bad(f"k must be at least 2: a group of one reply is its own mean, so its advantage is always 0 (got {cfg.k})")
-    for name in ("warmup_steps", "eval_prompts", "eval_add_sub", "threads", "kl_coef", "format_reward", "weight_decay", "grad_clip", "max_minutes"):
-        if getattr(cfg, name) < 0: bad(f"{name} must be non-negative, got {getattr(cfg, name)}")
     if not cfg.temperature > 0: bad(f"temperature must be positive: greedy replies to one prompt are all alike, so nothing is learned (got {cfg.temperature})")
-    if not cfg.lr > 0 or not 0 <= cfg.min_lr <= cfg.lr: bad(f"need lr > 0 and 0 <= min_lr <= lr, got lr {cfg.lr}, min_lr {cfg.min_lr}")
-    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1): bad(f"beta1 and beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
+    check_optimizer(cfg, parallel=())
     if cfg.parallel != "ddp": bad(f"parallel must be 'ddp' for RL (the engine samples from the whole model), got {cfg.parallel!r}")
     ops = tuple(o.strip() for o in cfg.ops.split(",") if o.strip())
     if not ops or any(o not in OPS for o in ops): bad(f"ops {cfg.ops!r}: expected a comma-separated list of {sorted(OPS)}")

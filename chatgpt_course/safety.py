@@ -20,7 +20,7 @@ from .safety_data import check_both_labels, is_refusal, make_safety_dataset, rea
 from .tokenizer import BPETokenizer, gpt2_tokenizer, load_tokenizer
 from .model import GPT, GPTConfig, load_hf
 from .checkpoint import load_trained
-from .train import RESUME_MAY_CHANGE, check_run_dir, fit, run_job, write_run_record
+from .train import check_counts, check_optimizer, RESUME_MAY_CHANGE, check_run_dir, fit, run_job, write_run_record
 
 # %% auto #0
 __all__ = ['FORMAT', 'SAFETY_MAY_CHANGE', 'prf1', 'best_threshold', 'words', 'fit_logistic', 'BagOfWords', 'with_class_head',
@@ -241,16 +241,12 @@ def check_safety_config(cfg:SafetyConfig):
         if v and v != "synthetic" and not Path(v).is_file(): bad(f"--{name} {v!r} is not a file (a JSONL of labelled rows)")
     if cfg.val == "synthetic": bad("--val must be a file; leave it out to hold back a share of --data's templates")
     if cfg.base and not cfg.base.startswith("hf:") and not Path(cfg.base).exists(): bad(f"--base {cfg.base!r} does not exist")
-    for name in ("max_tokens", "batch_size", "accum", "max_steps", "eval_every", "ckpt_every", "keep_checkpoints", "synthetic_rows"):
-        if getattr(cfg, name) < 1: bad(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    check_counts(cfg, at_least_1=("max_tokens", "batch_size", "accum", "max_steps", "eval_every", "ckpt_every", "keep_checkpoints", "synthetic_rows"),
+                 non_negative=("warmup_steps", "threads"))
     if cfg.max_tokens < 2: bad(f"max_tokens must be at least 2 (a token and the end-of-text token), got {cfg.max_tokens}")
     if not 0 < cfg.val_share < 1: bad(f"val_share must be between 0 and 1, got {cfg.val_share}")
     if not 0 <= cfg.label_smoothing < 1: bad(f"label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if not cfg.lr > 0 or not 0 <= cfg.min_lr <= cfg.lr: bad(f"need lr > 0 and 0 <= min_lr <= lr, got lr {cfg.lr}, min_lr {cfg.min_lr}")
-    if cfg.warmup_steps < 0 or cfg.threads < 0: bad("warmup_steps and threads must be non-negative")
-    if not (0 <= cfg.weight_decay and 0 <= cfg.grad_clip and 0 <= cfg.max_minutes): bad("weight_decay, grad_clip and max_minutes must be non-negative")
-    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1): bad(f"beta1 and beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
-    if cfg.parallel not in ("ddp", "fsdp"): bad(f"parallel must be 'ddp' or 'fsdp', got {cfg.parallel!r}")
+    check_optimizer(cfg)
 
 def _safety_rows(cfg:SafetyConfig) -> tuple[list[dict], list[dict]]:
     "(training rows, validation rows), each checked to hold both labels."

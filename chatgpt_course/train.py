@@ -27,9 +27,10 @@ from .checkpoint import (save_checkpoint, load_checkpoint, latest_checkpoint, re
 from .engine import sample
 
 # %% auto #0
-__all__ = ['PRESETS', 'RESUME_MAY_CHANGE', 'TrainConfig', 'check_config', 'prepare_data', 'evaluate', 'read_log', 'plot_run',
-           'LivePlot', 'Dist', 'setup_distributed', 'wrap_model', 'config_from_dict', 'check_run_dir', 'run_job',
-           'write_run_record', 'save_state', 'restore_state', 'RunLog', 'fit', 'train']
+__all__ = ['PRESETS', 'RESUME_MAY_CHANGE', 'TrainConfig', 'check_counts', 'check_optimizer', 'check_config', 'prepare_data',
+           'evaluate', 'read_log', 'plot_run', 'LivePlot', 'Dist', 'setup_distributed', 'wrap_model',
+           'config_from_dict', 'check_run_dir', 'run_job', 'write_run_record', 'save_state', 'restore_state', 'RunLog',
+           'fit', 'train']
 
 # %% ../nbs/05d_pretraining.ipynb #7e72eff6
 @dataclass
@@ -93,6 +94,27 @@ PRESETS = {
         eval_every=250, eval_tokens=1048576, sample_tokens=64, sample_prompt="\n", ckpt_every=1000),
 }
 
+# %% ../nbs/05d_pretraining.ipynb #c74e1eb9
+def check_counts(cfg, # a run's config (any dataclass)
+                 at_least_1:tuple[str, ...]=(), # fields that count what must happen at least once: steps, batch sizes
+                 non_negative:tuple[str, ...]=(), # fields where 0 means none, or off
+                ):
+    "Each named field is at least 1 (or at least 0), or a CourseError that names the field and its value."
+    for names, low, what in ((at_least_1, 1, "at least 1"), (non_negative, 0, "non-negative")):
+        for name in names:
+            if getattr(cfg, name) < low: raise CourseError(f"{name} must be {what}, got {getattr(cfg, name)}")
+
+def check_optimizer(cfg, # a run's config: lr, min_lr, beta1, beta2, weight_decay, grad_clip, max_minutes, parallel
+                    parallel:tuple[str, ...]=("ddp", "fsdp"), # the parallel modes this kind of run supports; () leaves it to the caller
+                   ):
+    "The fields every training run shares (pretraining, SFT, DPO, RL, the classifier): schedule, AdamW, clipping, time, processes."
+    def bad(msg): raise CourseError(msg)
+    if not cfg.lr > 0: bad(f"lr must be positive, got {cfg.lr}")
+    if not 0 <= cfg.min_lr <= cfg.lr: bad(f"min_lr must be between 0 and lr ({cfg.lr}), got {cfg.min_lr}")
+    if not (0 <= cfg.weight_decay and 0 <= cfg.grad_clip and 0 <= cfg.max_minutes): bad("weight_decay, grad_clip and max_minutes must be non-negative")
+    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1): bad(f"beta1 and beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
+    if parallel and cfg.parallel not in parallel: bad(f"parallel must be {' or '.join(map(repr, parallel))}, got {cfg.parallel!r}")
+
 # %% ../nbs/05d_pretraining.ipynb #76fb16ea
 def check_config(cfg:TrainConfig, # the run's config
                  world_size:int=1, # processes that will share each step
@@ -100,22 +122,15 @@ def check_config(cfg:TrainConfig, # the run's config
     "Check that `cfg` can work; returns the gradient accumulation steps per process."
     def bad(msg): raise CourseError(msg)
     if not isinstance(cfg.model, GPTConfig): bad(f"TrainConfig.model must be a GPTConfig, got {type(cfg.model).__name__}")
-    if not cfg.lr > 0: bad(f"lr must be positive, got {cfg.lr}")
-    if not 0 <= cfg.min_lr <= cfg.lr: bad(f"min_lr must be between 0 and lr ({cfg.lr}), got {cfg.min_lr}")
-    for name in ("seq_len", "batch_size", "max_steps", "eval_every", "ckpt_every"):
-        if getattr(cfg, name) < 1: bad(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    for name in ("warmup_steps", "batch_tokens", "eval_tokens", "sample_tokens", "threads", "keep_checkpoints"):
-        if getattr(cfg, name) < 0: bad(f"{name} must be non-negative, got {getattr(cfg, name)}")
+    check_optimizer(cfg)
+    check_counts(cfg, at_least_1=("seq_len", "batch_size", "max_steps", "eval_every", "ckpt_every"), non_negative=("warmup_steps", "batch_tokens", "eval_tokens", "sample_tokens", "threads", "keep_checkpoints"))
     if cfg.keep_checkpoints < 1: bad(f"keep_checkpoints must be at least 1, got {cfg.keep_checkpoints}")
     if cfg.seq_len > cfg.model.block_size:
         bad(f"seq_len {cfg.seq_len} is longer than the model's block_size {cfg.model.block_size}: the model cannot read windows that long")
-    if not (0 <= cfg.weight_decay and 0 <= cfg.grad_clip and 0 <= cfg.max_minutes): bad("weight_decay, grad_clip and max_minutes must be non-negative")
-    if not (0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1): bad(f"beta1 and beta2 must be in [0, 1), got {cfg.beta1}, {cfg.beta2}")
     if not 0 < cfg.val_fraction < 1: bad(f"val_fraction must be between 0 and 1, got {cfg.val_fraction}")
     if bool(cfg.train_tokens) != bool(cfg.val_tokens): bad("--train-tokens and --val-tokens go together: give both or neither")
     if not re.fullmatch(r"char|gpt2|gpt2-chat|bpe(-digits)?:\d+", cfg.tokenizer) and not Path(cfg.tokenizer).exists():
         bad(f"tokenizer {cfg.tokenizer!r} is not 'char', 'gpt2', 'gpt2-chat', 'bpe:N', 'bpe-digits:N' or an existing tokenizer directory")
-    if cfg.parallel not in ("ddp", "fsdp"): bad(f"parallel must be 'ddp' or 'fsdp', got {cfg.parallel!r}")
     per_step = cfg.batch_size * cfg.seq_len * world_size
     if cfg.batch_tokens == 0: return 1
     if cfg.batch_tokens % per_step:
