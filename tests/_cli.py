@@ -126,3 +126,19 @@ def refused(r:subprocess.CompletedProcess, out:Path, *needles, command:str="sft"
     assert len(msg) == 1 and msg[0].startswith(f"chatgpt-course {command}: error:"), r.stderr
     assert all(n in msg[0] for n in needles), (needles, msg[0])
     assert not out.exists(), "a refused run wrote its directory"
+
+
+TINY_SFT = ["--seq-len", "128", "--batch-size", "4", "--warmup-steps", "2", "--eval-rows", "16", "--eval-tokens", "256", "--threads", "1", "--no-progress"]
+
+def sft_work(d:Path) -> Path:
+    "A tiny base run with the chat tokens (d/base), a chat file (d/chat.jsonl) and a held-out chat file (d/heldout.jsonl)."
+    from chatgpt_course.chat_data import make_chat_dataset
+    from chatgpt_course.files import write_jsonl
+    tiny_base(d / "base", n_layer=2, max_steps=4)
+    write_jsonl(make_chat_dataset(64, seed=0), d / "chat.jsonl")
+    write_jsonl(make_chat_dataset(16, seed=0, split="heldout"), d / "heldout.jsonl")
+    return d
+
+def sft_flags(work:Path, out, *more) -> list:
+    "`sft` flags of a tiny run on `sft_work`'s files into `out` (None: no --out), TINY_SFT, then `more`."
+    return ["sft", "--base", work / "base", "--data", work / "chat.jsonl", "--heldout", work / "heldout.jsonl", *(["--out", out] if out else []), *TINY_SFT, *more]

@@ -22,21 +22,12 @@ from chatgpt_course.optim import IGNORE_INDEX, make_optimizer, train_step
 from chatgpt_course.core import precision_for
 from chatgpt_course.safety_data import safety_chat_rows
 from chatgpt_course.tokenizer import gpt2_tokenizer
-from _cli import course as cli, in_process, killed_and_resumed, refused, tiny_base, tiny_base_flags, train_losses  # tests/_cli.py
-
-TINY_SFT = ["--seq-len", "128", "--batch-size", "4", "--warmup-steps", "2", "--eval-rows", "16", "--eval-tokens", "256", "--threads", "1", "--no-progress"]
+from _cli import TINY_SFT, course as cli, in_process, killed_and_resumed, refused, sft_flags, sft_work, tiny_base_flags, train_losses  # tests/_cli.py
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     "A tiny base run with the chat tokens, a chat file and a held-out chat file."
-    d = tmp_path_factory.mktemp("sft")
-    tiny_base(d / "base", n_layer=2, max_steps=4)
-    write_jsonl(make_chat_dataset(64, seed=0), d / "chat.jsonl")
-    write_jsonl(make_chat_dataset(16, seed=0, split="heldout"), d / "heldout.jsonl")
-    return d
-
-def sft_flags(work, out, *more):
-    return ["sft", "--base", work / "base", "--data", work / "chat.jsonl", "--heldout", work / "heldout.jsonl", *(["--out", out] if out else []), *TINY_SFT, *more]
+    return sft_work(tmp_path_factory.mktemp("sft"))
 
 # ---- the loss mask
 

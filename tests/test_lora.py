@@ -11,16 +11,13 @@ import json, os
 import pytest
 import torch
 
-from chatgpt_course.chat_data import make_chat_dataset
 from chatgpt_course.checkpoint import latest_checkpoint, load_trained
 from chatgpt_course.core import CourseError
-from chatgpt_course.files import write_jsonl
 from chatgpt_course.lora import add_lora, load_peft, lora_layers, merge_lora, merged_model, save_peft, unmerge_lora
 from chatgpt_course.model import GPT, GPTConfig, load_hf, save_hf
-from _cli import course as cli, in_process, killed_and_resumed, refused, tiny_base, train_losses  # tests/_cli.py
+from _cli import TINY_SFT, course as cli, in_process, killed_and_resumed, refused, sft_flags as _sft_flags, sft_work, train_losses  # tests/_cli.py
 
-TINY_SFT = ["--seq-len", "128", "--batch-size", "4", "--warmup-steps", "2", "--eval-rows", "16", "--eval-tokens", "256", "--threads", "1",
-            "--no-progress", "--lora-rank", "4", "--lr", "1e-2"]
+LORA = ["--lora-rank", "4", "--lr", "1e-2"]  # after _cli's TINY_SFT
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # transformers' deprecation notes, as peft calls it
 CFG = GPTConfig(block_size=32, vocab_size=120, n_layer=2, n_head=4, n_embd=32)  # the GPT-2 variant: Hugging Face can run it
 
@@ -38,15 +35,11 @@ def grid_step(t:torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     "A tiny base run with the chat tokens, a chat file and a held-out chat file."
-    d = tmp_path_factory.mktemp("lora")
-    tiny_base(d / "base", n_layer=2, max_steps=4)
-    write_jsonl(make_chat_dataset(64, seed=0), d / "chat.jsonl")
-    write_jsonl(make_chat_dataset(16, seed=0, split="heldout"), d / "heldout.jsonl")
-    return d
+    return sft_work(tmp_path_factory.mktemp("lora"))
 
 def sft_flags(work, out, *more):
     "`sft` flags of a tiny LoRA run into `out` (None: no --out)."
-    return ["sft", "--base", work / "base", "--data", work / "chat.jsonl", "--heldout", work / "heldout.jsonl", *(["--out", out] if out else []), *TINY_SFT, *more]
+    return _sft_flags(work, out, *LORA, *more)
 
 # ---- the layer and the model
 
@@ -160,5 +153,5 @@ def test_lora_from_gpt2_weights_is_refused_their_chat_tokens_share_one_embedding
     torch.manual_seed(0)
     transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, vocab_size=50257)).save_pretrained(hf)
     out = tmp_path / "out"
-    refused(in_process(capsys, "sft", "--base", f"hf:{hf}", "--data", work / "chat.jsonl", "--out", out, *TINY_SFT, "--mix-rows", "0"), out,
+    refused(in_process(capsys, "sft", "--base", f"hf:{hf}", "--data", work / "chat.jsonl", "--out", out, *TINY_SFT, *LORA, "--mix-rows", "0"), out,
             "LoRA freezes the embeddings", "--lora-rank 0")
