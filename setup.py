@@ -26,6 +26,7 @@ setuptools.setup(
     url=cfg["git_url"],
     packages=setuptools.find_packages(include=[cfg["lib_path"], cfg["lib_path"] + ".*"]),
     include_package_data=True,
+    package_data={cfg["lib_path"]: ["static/*"]},  # the chat page (chatgpt_course/static/chat.html) that `serve` serves at /
     data_files=data_files,
     install_requires=requirements,
     extras_require={"dev": dev_requirements},

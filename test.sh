@@ -63,6 +63,19 @@ if ! ls nbs/*.ipynb | env -u MPLBACKEND CUDA_VISIBLE_DEVICES= CHATGPT_COURSE_SMA
   exit 1
 fi
 
+# the chat page's browser test (tests/test_page.py) needs Chromium and its driver: install them where apt can, else it skips
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && $SUDO true 2>/dev/null; then
+    echo "== installing chromium and chromium-driver for the page test"
+    apt_install() { DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null 2>&1; }
+    apt_install || { $SUDO apt-get update -qq >/dev/null 2>&1 && apt_install; } \
+      || echo "note: could not install chromium; tests/test_page.py will skip"
+  else
+    echo "note: no chromium and no apt-get here; tests/test_page.py will skip (apt-get install chromium chromium-driver)"
+  fi
+fi
+
 echo "== 6/6 pytest tests/ (two workers)"
 # a file's tests stay on one worker, so its module fixtures (tiny models, checkpoints) are built once
 OMP_NUM_THREADS=1 python -m pytest tests/ -q -n 2 --dist loadfile --durations=15
