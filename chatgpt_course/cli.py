@@ -25,6 +25,7 @@ COMMANDS = {  # subcommand: (module, function, one-line help)
     "eval":      ("chatgpt_course.cli_eval", "cli_eval", "score outputs (BLEU, ROUGE, P/R/F1), a chat model on held-out tasks, or multiple choice"),
     "feedback":  ("chatgpt_course.cli_feedback", "cli_feedback", "ask people to rate or choose replies; export the choices as DPO pairs"),
     "report":    ("chatgpt_course.cli_report", "cli_report", "write a report card of runs: curves, task table with intervals, safety, side by side"),
+    "serve":     ("chatgpt_course.cli_serve", "cli_serve", "serve a chat model over HTTP: OpenAI's API, streaming, a chat page, metrics, a safety filter"),
 }
 
 def _available(cmd): return importlib.util.find_spec(COMMANDS[cmd][0]) is not None
