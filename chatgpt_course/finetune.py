@@ -30,7 +30,7 @@ from .lora import add_lora, check_lora_start, finish_lora_run
 # %% auto #0
 __all__ = ['SFT_MAY_CHANGE', 'SFT_PRESETS', 'encode_chat', 'ChatExamples', 'encode_chats', 'synthetic_chats', 'load_chats',
            'pad_batch', 'pack_chats', 'ChatBatches', 'extend_vocab', 'same_tokenizer', 'load_base', 'chat_loss',
-           'SFTConfig', 'check_sft_config', 'text_data', 'sft', 'chat_replies', 'chat_report']
+           'SFTConfig', 'check_sft_config', 'text_data', 'sft', 'quick_chat_model', 'chat_replies', 'chat_report']
 
 # %% ../nbs/06a_sft.ipynb #7215e0bb
 def encode_chat(tokenizer, # one with the chat tokens
@@ -375,6 +375,21 @@ SFT_PRESETS = {  # named starting points for `chatgpt-course sft`
                           batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=50, max_steps=1000, threads=2, fused_adamw=True,
                           eval_every=250, eval_rows=256, eval_tokens=16384, ckpt_every=500),
 }
+
+# %% ../nbs/06a_sft.ipynb #8c8a9dcb
+from .train import PRESETS, train
+
+def quick_chat_model(out:str|Path, # a folder for the two runs: out/base (pretraining) and out/pip (fine-tuning)
+                     pretrain_steps:int=120, sft_steps:int=150, # the cpu-chat presets' runs, cut short
+                     synthetic_rows:int|None=None, # synthetic conversations to fine-tune on (None: the preset's 20,000)
+                     progress:bool=False,
+                    ) -> Path:
+    "A small Pip for demonstrations in a minute or two: both cpu-chat presets cut short. Returns out/pip, a run directory."
+    out, pre = Path(out), SFT_PRESETS["cpu-chat"]
+    train(replace(PRESETS["cpu-chat"], max_steps=pretrain_steps, eval_every=10_000, sample_tokens=0), out / "base", progress=progress)
+    sft(replace(pre, base=str(out / "base"), max_steps=sft_steps, eval_every=sft_steps, eval_rows=64,
+                            synthetic_rows=synthetic_rows or pre.synthetic_rows), out / "pip", progress=progress)
+    return out / "pip"
 
 # %% ../nbs/06a_sft.ipynb #1b2834dd
 def chat_replies(model, tokenizer, conversations:list[list[dict]], # each ends with a user (or system) message
