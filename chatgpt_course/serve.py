@@ -4,7 +4,7 @@
 
 # %% ../nbs/08a_serve.ipynb #2983440f
 from __future__ import annotations
-import asyncio, hmac, importlib.resources, json, signal, socket, sqlite3, threading, time, uuid
+import asyncio, collections, hmac, importlib.resources, json, signal, socket, sqlite3, threading, time, uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Literal
@@ -34,7 +34,7 @@ from .feedback import RATING_SCALE, add_choice, add_rating, open_feedback
 __all__ = ['N_MAX', 'STOP_MAX', 'LOGPROBS_MAX', 'MAX_BODY', 'REFUSAL', 'PAGE', 'THUMBS', 'ERROR_TYPES', 'DONE', 'SSE_HEADERS',
            'TTFT_BUCKETS', 'TOKEN_BUCKETS', 'TextPart', 'Message', 'StreamOptions', 'ChatRequest', 'CompletionRequest',
            'FeedbackRequest', 'APIError', 'validation_error', 'chat_prompt', 'completion_prompts', 'sampling_params',
-           'sse', 'usage', 'stream_error', 'chat_events', 'completion_events', 'Metrics', 'pieces', 'refusal',
+           'sse', 'usage', 'stream_error', 'chat_events', 'completion_events', 'Metrics', 'merged', 'pieces', 'refusal',
            'collect', 'token_name', 'token_logprobs', 'logprobs_block', 'Service', 'CountRequests', 'RequireKey',
            'ReadBody', 'make_app', 'url_of', 'bind', 'ServerThread', 'load_safety', 'serve']
 
@@ -238,9 +238,9 @@ async def chat_events(parts, # async (choice, text, finish_reason) triples, each
     def chunk(i, delta, why=None): return sse({**head, "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": why}], **extra})
     try:
         for i in range(n): yield chunk(i, {"role": "assistant", "content": ""})
-        async for i, text, why in parts:
-            if text: yield chunk(i, {"content": text})
-            if why: yield chunk(i, {}, why)
+        async for i, text, why in parts:  # a choice's last text and its finish_reason: two chunks, one write
+            out = (chunk(i, {"content": text}) if text else "") + (chunk(i, {}, why) if why else "")
+            if out: yield out
         if include_usage: yield sse({**head, "choices": [], "usage": count()})
         yield DONE
     except Exception as e: yield sse(stream_error(e))
@@ -304,31 +304,56 @@ def _screened(ticket, flagged:Callable[[str], bool]|None, metrics:Metrics, t0:fl
         reply += ev.text
         yield ev.text, ev.finish_reason
 
+# %% ../nbs/08a_serve.ipynb #3bdf92fe
+class _Handoff:
+    "Items from threads to the event loop: appended at once, the loop woken once for all that wait (not once per item)."
+    def __init__(self, loop): self.loop, self.items, self.ready, self.woken = loop, collections.deque(), asyncio.Event(), False
+    def put(self, item):  # any thread
+        self.items.append(item)
+        if not self.woken:  # a wake-up already on its way will find this item too
+            self.woken = True
+            try: self.loop.call_soon_threadsafe(self.ready.set)
+            except RuntimeError: pass  # the event loop has closed: nobody is listening any more
+    async def take(self, timeout:float|None=None) -> list:
+        "Everything waiting (after waiting for something, up to `timeout` seconds): [] on a timeout."
+        if not self.items:
+            if timeout is None: await self.ready.wait()
+            else:
+                try: await asyncio.wait_for(self.ready.wait(), timeout)
+                except asyncio.TimeoutError: return []
+        self.ready.clear(); self.woken = False  # before draining: an item put from here on wakes the loop again
+        out = []
+        while self.items: out.append(self.items.popleft())
+        return out
+
+def merged(items:list) -> list:
+    "Each choice's waiting pieces as one: its texts joined, in order, ending with its finish_reason if that came."
+    out = {}
+    for i, text, why in items:
+        if isinstance(text, Exception): raise text
+        t, _ = out.get(i, ("", None)); out[i] = (t + text, why)
+    return [(i, t, why) for i, (t, why) in out.items()]
+
 # %% ../nbs/08a_serve.ipynb #715fa8ba
 async def pieces(tickets:list, flagged, metrics:Metrics, t0:float, ids:list[list[int]],
                  request:Request|None=None): # to notice a client that leaves while a whole reply is awaited
     "(choice, text, finish_reason) from every ticket as they come, each choice ending once; stopping early cancels them all."
-    loop, q = asyncio.get_running_loop(), asyncio.Queue()
-    def put(item):
-        try: loop.call_soon_threadsafe(q.put_nowait, item)
-        except RuntimeError: pass  # the event loop has closed: nobody is listening any more
+    box = _Handoff(asyncio.get_running_loop())
     def work(i, t):
         try:
-            for text, why in _screened(t, flagged, metrics, t0, ids[i]): put((i, text, why))
-        except Exception as e: put((i, e, None))
+            for text, why in _screened(t, flagged, metrics, t0, ids[i]): box.put((i, text, why))
+        except Exception as e: box.put((i, e, None))
     for i, t in enumerate(tickets): threading.Thread(target=work, args=(i, t), daemon=True, name=f"ticket-{i}").start()
     left, checked = len(tickets), time.monotonic()
     try:
         while left:
-            try: i, text, why = await asyncio.wait_for(q.get(), 0.5)
-            except asyncio.TimeoutError: i = None
+            got = merged(await box.take(None if request is None else 0.5))  # a stream's disconnect is starlette's to notice
             if request is not None and time.monotonic() - checked > 0.5:  # twice a second: has the client gone?
                 checked = time.monotonic()
                 if await request.is_disconnected(): return
-            if i is None: continue
-            if isinstance(text, Exception): raise text
-            left -= why is not None
-            yield i, text, why
+            for i, text, why in got:
+                left -= why is not None
+                yield i, text, why
     finally:
         for t in tickets: t.cancel()  # a client gone, an error, or done: frees the place of any ticket still going
 
@@ -441,6 +466,7 @@ async def chat(self:Service, req:ChatRequest, request:Request):
     params = [replace(base, seed=None if base.seed is None else base.seed + j) for j in range(n)]
     last_user = next((m.text() for m in reversed(req.messages) if m.role == "user"), "")
     tickets, parts, _ = await self.start([ids] * n, params, [last_user], t0, None if req.stream else request)
+    version = tickets[0].version if tickets else version  # the version the tickets are bound to: a reload since the read above must not mislabel the reply
     count = lambda: self.usage(tickets, len(ids), n)
     if req.stream:
         include = bool(req.stream_options and req.stream_options.include_usage)
@@ -463,6 +489,7 @@ async def complete(self:Service, req:CompletionRequest, request:Request):
     params = [replace(sampling_params(req, req.max_tokens, len(p), context, default=16), seed=None if req.seed is None else req.seed + j)
               for p in prompts for j in range(n)]
     tickets, parts, gen = await self.start(rows, params, texts, t0, None if req.stream else request)
+    version = tickets[0].version if tickets else version  # the version the tickets are bound to: a reload since the read above must not mislabel the reply
     count = lambda: self.usage(tickets, sum(map(len, prompts)), len(rows))
     echoes = [texts[k // n] if req.echo else "" for k in range(len(rows))]
     if req.stream:
@@ -479,7 +506,7 @@ async def complete(self:Service, req:CompletionRequest, request:Request):
 @patch
 def score(self:Service, rows:list[list[int]], gen:list[list[int]], tickets:list, top:int) -> list:
     "Each prompt and its completion scored by the version that wrote the completion."
-    with self.backend.pinned() as (model, tok, version):
+    with self.backend.pinned(tickets[0].version) as (model, tok, version):  # the version that wrote them, if still held
         if any(t.version != version for t in tickets):
             raise APIError(503, "the model was reloaded while this request ran; send it again", code="model_reloaded", retry_after=1)
         return token_logprobs(model, tok, [r + g for r, g in zip(rows, gen)], top)
@@ -695,7 +722,9 @@ def serve(checkpoint, # a run, checkpoint or versioned model directory (08b's Ba
     "Serve a model until SIGINT or SIGTERM: the server answers at once, /health turns ready once the model is loaded; SIGHUP reloads."
     backend = Backend(checkpoint, max_streams=max_streams, max_queue=max_queue, device=device, quantize=quantize, load=False)
     clf = load_safety(safety, safety_threshold) if safety else None
-    if feedback_db is not None: open_feedback(feedback_db).close()  # a store that cannot be opened fails now, in one line
+    if feedback_db is not None:  # a store that cannot be opened fails now, in one line
+        try: open_feedback(feedback_db).close()
+        except sqlite3.Error as e: raise CourseError(f"the feedback store {str(feedback_db)!r} is not a SQLite database that can be used ({e})") from None
     sock = bind(host, port); port = sock.getsockname()[1]
     app = make_app(backend, api_key=api_key, safety=clf, feedback_db=feedback_db, max_body=max_body)
     server, failed = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)), []

@@ -316,6 +316,20 @@ def test_a_client_that_leaves_cancels_its_generation(server, switch):
         httpx.post(server.url + "/v1/chat/completions", json=chat_args(), timeout=0.3)
     assert made[0].cancelled.wait(10) and made[0].sent < 1000
 
+class ReloadedMeanwhile(Switchable):
+    "The real backend, as if a reload landed between the server's read of `version` and its `submit`: the read names a stale version."
+    version = "ckpt-before-the-reload"
+
+def test_each_reply_names_the_version_its_tickets_ran_on(backend):
+    "system_fingerprint is the tickets' version (ticket.version), never the one read before submit; whole and streamed, chat and text."
+    with ServerThread(make_app(ReloadedMeanwhile(backend), feedback_db=None)) as srv:
+        c, real = client(srv), "ckpt-00000000"
+        assert c.chat.completions.create(**chat_args()).system_fingerprint == real
+        assert {ch.system_fingerprint for ch in c.chat.completions.create(**chat_args(), stream=True)} == {real}
+        args = {"model": "pip", "prompt": "The sky", "max_tokens": 4, "temperature": 0}
+        assert c.completions.create(**args, echo=True, logprobs=1).system_fingerprint == real
+        assert {ch.system_fingerprint for ch in c.completions.create(**args, stream=True)} == {real}
+
 # ---- many at once
 
 def test_concurrent_streams_each_get_their_own_text(server):
@@ -406,6 +420,16 @@ def test_a_store_that_cannot_be_opened_is_a_503_and_serve_refuses_it_at_the_star
             assert is_openai_error(r, 503)["code"] == "feedback_unavailable" and r.headers["retry-after"] == "5"
             assert httpx.get(srv.url + "/health").status_code == 200  # and it goes on serving
     with pytest.raises(CourseError, match="is a directory"): serve_mod.serve(run, port=0, feedback_db=tmp_path)
+    with pytest.raises(CourseError, match="not a SQLite database that can be used"): serve_mod.serve(run, port=0, feedback_db="/dev/null")
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null")
+def test_serve_with_a_store_sqlite_cannot_use_is_one_line_and_status_2(run):
+    "`--feedback-db /dev/null`: SQLite's own error (disk I/O error) becomes the command's one line, never a traceback."
+    r = subprocess.run([sys.executable, "-m", "chatgpt_course.cli", "serve", "--checkpoint", str(run), "--port", "0",
+                        "--feedback-db", "/dev/null"], capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    line = r.stderr.strip()
+    assert r.returncode == 2 and "\n" not in line and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert line.startswith("chatgpt-course serve: error: the feedback store '/dev/null'"), line
 
 def test_metrics(server, backend):
     from prometheus_client.parser import text_string_to_metric_families
