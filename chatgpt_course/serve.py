@@ -36,7 +36,7 @@ __all__ = ['N_MAX', 'STOP_MAX', 'LOGPROBS_MAX', 'MAX_BODY', 'REFUSAL', 'PAGE', '
            'FeedbackRequest', 'APIError', 'validation_error', 'chat_prompt', 'completion_prompts', 'sampling_params',
            'sse', 'usage', 'stream_error', 'chat_events', 'completion_events', 'Metrics', 'merged', 'pieces', 'refusal',
            'collect', 'token_name', 'token_logprobs', 'logprobs_block', 'Service', 'CountRequests', 'RequireKey',
-           'ReadBody', 'make_app', 'url_of', 'bind', 'ServerThread', 'load_safety', 'serve']
+           'ReadBody', 'make_app', 'url_of', 'bind', 'ServerThread', 'load_safety', 'check_feedback_store', 'serve']
 
 # %% ../nbs/08a_serve.ipynb #458f2fcc
 N_MAX = 8              # most choices one request may ask for (n)
@@ -711,6 +711,17 @@ def load_safety(folder, # a `chatgpt-course safety train` output (06h)
     if threshold is not None: clf.threshold = float(threshold)
     return clf
 
+# %% ../nbs/08a_serve.ipynb #04e51758
+def check_feedback_store(path) -> None:
+    "A store `serve` can use, checked without writing: an existing file must open as 07d's database; a new one needs its folder."
+    if path is None: return  # no feedback
+    fb = Path(path)
+    if not fb.exists():  # made at the first feedback
+        if not fb.parent.is_dir(): raise CourseError(f"the folder of the feedback store {str(fb)!r} does not exist")
+        return
+    try: open_feedback(fb).close()
+    except sqlite3.Error as e: raise CourseError(f"the feedback store {str(fb)!r} is not a SQLite database that can be used ({e})") from None
+
 # %% ../nbs/08a_serve.ipynb #39ef3c07
 def serve(checkpoint, # a run, checkpoint or versioned model directory (08b's Backend reads it)
           *, host:str="127.0.0.1", port:int=8000, # where to listen: the loopback address unless told
@@ -722,9 +733,7 @@ def serve(checkpoint, # a run, checkpoint or versioned model directory (08b's Ba
     "Serve a model until SIGINT or SIGTERM: the server answers at once, /health turns ready once the model is loaded; SIGHUP reloads."
     backend = Backend(checkpoint, max_streams=max_streams, max_queue=max_queue, device=device, quantize=quantize, load=False)
     clf = load_safety(safety, safety_threshold) if safety else None
-    if feedback_db is not None:  # a store that cannot be opened fails now, in one line
-        try: open_feedback(feedback_db).close()
-        except sqlite3.Error as e: raise CourseError(f"the feedback store {str(feedback_db)!r} is not a SQLite database that can be used ({e})") from None
+    check_feedback_store(feedback_db)  # in one line now, not at the first thumbs up; nothing written
     sock = bind(host, port); port = sock.getsockname()[1]
     app = make_app(backend, api_key=api_key, safety=clf, feedback_db=feedback_db, max_body=max_body)
     server, failed = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)), []

@@ -421,6 +421,12 @@ def test_a_store_that_cannot_be_opened_is_a_503_and_serve_refuses_it_at_the_star
             assert httpx.get(srv.url + "/health").status_code == 200  # and it goes on serving
     with pytest.raises(CourseError, match="is a directory"): serve_mod.serve(run, port=0, feedback_db=tmp_path)
     with pytest.raises(CourseError, match="not a SQLite database that can be used"): serve_mod.serve(run, port=0, feedback_db="/dev/null")
+    with pytest.raises(CourseError, match="folder of the feedback store"): serve_mod.serve(run, port=0, feedback_db=tmp_path / "no" / "fb.sqlite")
+    before = sorted(tmp_path.iterdir())  # a refused start writes no store (here: a port another server holds)
+    taken = serve_mod.bind("127.0.0.1", 0); taken.listen()
+    with pytest.raises(CourseError, match="cannot listen"): serve_mod.serve(run, port=taken.getsockname()[1], feedback_db=tmp_path / "fb.sqlite")
+    taken.close()
+    assert sorted(tmp_path.iterdir()) == before
 
 @pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null")
 def test_serve_with_a_store_sqlite_cannot_use_is_one_line_and_status_2(run):
