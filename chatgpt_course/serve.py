@@ -673,10 +673,10 @@ def make_app(backend, # a started 08b Backend (or anything with its interface: r
 def url_of(host:str, port:int) -> str: return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 def bind(host:str, port:int) -> socket.socket:
-    "A socket bound to (host, port); port 0 picks a free one (read it back with getsockname)."
+    "A socket bound to (host, port) and listening; port 0 picks a free one (read it back with getsockname)."
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try: sock.bind((host, port))
+    try: sock.bind((host, port)); sock.listen(2048)  # listening now: a client that connects before uvicorn starts waits, not refused
     except OSError as e: sock.close(); raise CourseError(f"cannot listen on {host}:{port}: {e.strerror}") from None
     return sock
 
