@@ -28,6 +28,7 @@ COMMANDS = {  # subcommand: (module, function, one-line help)
     "serve":     ("chatgpt_course.cli_serve", "cli_serve", "serve a chat model over HTTP: OpenAI's API, streaming, a chat page, metrics, a safety filter"),
 }
 
+# %% ../nbs/10_cli.ipynb #393f1a0e
 def _available(cmd): return importlib.util.find_spec(COMMANDS[cmd][0]) is not None
 
 def _usage() -> str:
