@@ -26,6 +26,8 @@ COMMANDS = {  # subcommand: (module, function, one-line help)
     "feedback":  ("chatgpt_course.cli_feedback", "cli_feedback", "ask people to rate or choose replies; export the choices as DPO pairs"),
     "report":    ("chatgpt_course.cli_report", "cli_report", "write a report card of runs: curves, task table with intervals, safety, side by side"),
     "serve":     ("chatgpt_course.cli_serve", "cli_serve", "serve a chat model over HTTP: OpenAI's API, streaming, a chat page, metrics, a safety filter"),
+    "export":    ("chatgpt_course.cli_export", "cli_export", "export a model for other tools: `export hf` writes a Hugging Face directory (weights, tokenizer, chat template)"),
+    "speedrun":  ("chatgpt_course.cli_speedrun", "cli_speedrun", "the whole course in one command: raw text to a chat model and its report card (resumable)"),
 }
 
 # %% ../nbs/10_cli.ipynb #393f1a0e
